@@ -1,0 +1,191 @@
+"""One frozen config describes a training run: the model, the recipe and the data budget.
+
+The search maps (search space, trial) -> TrainConfig; retraining and benchmarks build the same object,
+so whatever is trained is fully described by `TrainConfig.to_dict()` (saved in every checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cifarnet.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULES = ("onecycle", "cosine", "linear")
+AUG_BACKENDS = ("torch", "albumentations")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    # Output channels of blocks 1-4; block 4b doubles the last one (the original: 16, 32, 64, 128 -> 256).
+    widths: tuple[int, int, int, int] = (16, 32, 64, 128)
+    # Dilation of the 3x3 conv in block 3b; padding = dilation keeps the 8x8 map ("same").
+    dilation: int = 2
+    # The original adds block 3b's output to its input (x = x + 3b(x)).
+    residual: bool = True
+    # Depthwise-separable convs where the original uses them (2a, 3a, 4a, 4b); False = plain 3x3 convs.
+    depthwise: bool = True
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        if len(self.widths) != 4 or any(w < 1 for w in self.widths):
+            raise ConfigError(f"model.widths must be 4 positive integers, got {list(self.widths)}")
+        if not 1 <= self.dilation <= 4:
+            raise ConfigError(f"model.dilation must be in 1..4, got {self.dilation}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Passes over the training set; the LR schedule is always sized to this budget.
+    epochs: int = 10
+    # Images per optimizer step.
+    batch_size: int = 256
+    # "sgd" = SGD with Nesterov momentum; "adamw" = AdamW.
+    optimizer: str = "sgd"
+    # Peak learning rate of the schedule.
+    lr: float = 0.2
+    # SGD momentum / AdamW beta1.
+    momentum: float = 0.9
+    # Decoupled weight decay: fraction of each conv weight removed per step at the schedule's peak,
+    # independent of lr (tuning lr does not change the regularisation). Not applied to biases and BN.
+    weight_decay: float = 5e-5
+    # "onecycle" (linear warm-up then linear decay to 0), "cosine" (warm-up then cosine), "linear" (decay to 0).
+    schedule: str = "onecycle"
+    # Fraction of the steps spent warming up (onecycle / cosine).
+    warmup_frac: float = 0.2
+    # Cross-entropy label smoothing.
+    label_smoothing: float = 0.0
+    # Augmentation strength in [0, 1]: 0 = none, 0.5 = the original notebook's settings, 1 = strongest.
+    aug_strength: float = 0.5
+    # "torch" = batched augmentation on the training device; "albumentations" = per-image, DataLoader workers.
+    aug_backend: str = "torch"
+    # Decay of an exponential moving average of the weights used for evaluation; 0 = off.
+    ema_decay: float = 0.0
+    # Evaluate on the image and its mirror and average (test-time augmentation).
+    tta_flip: bool = False
+    # bf16 autocast for forward/backward (CUDA, and CPUs with native bf16).
+    bf16: bool = False
+    # NHWC memory layout, faster for convs on both oneDNN (CPU) and cuDNN.
+    channels_last: bool = True
+    # torch.compile the model (worth it for long runs on GPU).
+    compile: bool = False
+    # Seeds initialisation, shuffling and augmentation; same seed + same device -> same metrics on CPU.
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_choice("optimizer", self.optimizer, OPTIMIZERS)
+        _check_choice("schedule", self.schedule, SCHEDULES)
+        _check_choice("aug_backend", self.aug_backend, AUG_BACKENDS)
+        checks = {
+            "epochs": self.epochs >= 1,
+            "batch_size": self.batch_size >= 1,
+            "lr": math.isfinite(self.lr) and self.lr > 0,
+            "momentum": 0 <= self.momentum < 1,
+            "weight_decay": 0 <= self.weight_decay < 1,
+            "warmup_frac": 0 <= self.warmup_frac < 1,
+            "label_smoothing": 0 <= self.label_smoothing < 1,
+            "aug_strength": 0 <= self.aug_strength <= 1,
+            "ema_decay": 0 <= self.ema_decay < 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["model"]["widths"] = list(self.model.widths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Build from a (possibly partial) nested dict; unknown keys are errors."""
+        d = dict(d)
+        model = d.pop("model", {}) or {}
+        _reject_unknown("model", model, ModelConfig)
+        _reject_unknown("train", d, cls)
+        try:
+            return cls(model=ModelConfig(**model), **d)
+        except TypeError as e:  # wrong value types surface as TypeError from comparisons
+            raise ConfigError(f"bad config value: {e}") from None
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    # Training images per epoch, a class-balanced subset of what is left after the validation split;
+    # None = all of them.
+    train_size: int | None = None
+    # Stratified validation images carved from the training set; 0 = none (retraining on all 50k).
+    val_size: int = 5000
+    # Test images evaluated every epoch (class-balanced subset); None = all 10k, 0 = skip (search trials).
+    test_size: int | None = None
+    # Seeds the validation split and the subsets, independently of the training seed.
+    split_seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("train_size", "test_size"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise ConfigError(f"data.{name} must be >= 0, got {v}")
+        if self.val_size < 0:
+            raise ConfigError(f"data.val_size must be >= 0, got {self.val_size}")
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
+
+
+def _reject_unknown(section: str, d: dict[str, Any], cls: type) -> None:
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+
+
+def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
+    """A run TOML: TrainConfig fields at the top level, a [model] table and an optional [data] table."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    data = raw.pop("data", {}) or {}
+    _reject_unknown("data", data, DataConfig)
+    try:
+        return TrainConfig.from_dict(raw), DataConfig(**data)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from None
+
+
+def to_toml(cfg: TrainConfig, data: DataConfig | None = None) -> str:
+    """The inverse of load_run_file (flat values, lists and two tables are all a run file needs)."""
+    d = cfg.to_dict()
+    model = d.pop("model")
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+    if data is not None:
+        items = {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
+        lines += ["", "[data]"] + [f"{k} = {_toml_value(v)}" for k, v in items.items()]
+    return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)

@@ -1,0 +1,21 @@
+"""Exceptions the CLI turns into one clear line and a non-zero exit."""
+
+
+class CifarNetError(Exception):
+    """Base class for errors a user can fix (bad config, bad data, diverged training)."""
+
+
+class ConfigError(CifarNetError, ValueError):
+    """A training or model config value is invalid."""
+
+
+class DataError(CifarNetError):
+    """The CIFAR-10 folder is missing or not in the expected layout."""
+
+
+class NonFiniteLossError(CifarNetError):
+    """The training loss became NaN or infinite; the run cannot continue."""
+
+    def __init__(self, epoch: int, step: int, loss: float):
+        super().__init__(f"non-finite training loss {loss} at epoch {epoch}, step {step}")
+        self.epoch, self.step, self.loss = epoch, step, loss

@@ -1,0 +1,318 @@
+"""The one training loop: search trials, retraining and benchmarks all call `train(cfg, splits, ...)`.
+
+`report(epoch, metrics)` is called after every epoch; it may raise (the HPO layer raises TrialPruned) or
+return True to stop early (retraining stops at its target). Nothing here knows about optuna.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cifarnet.augment import AlbumentationsDataset, TorchAugment, normalize, seed_albumentations_worker
+from cifarnet.config import TrainConfig
+from cifarnet.data import ImageSet, Splits
+from cifarnet.errors import ConfigError, NonFiniteLossError
+from cifarnet.model import build_model
+
+Report = Callable[[int, dict[str, Any]], Any]
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run (not what to train): none of this changes the result on a given device."""
+
+    device: str = "auto"  # "cpu", "cuda", "cuda:1" or "auto" (cuda when available)
+    checkpoint: Path | None = None  # written atomically after every epoch
+    resume: bool = False  # continue from `checkpoint` if it exists
+    loader_workers: int = 2  # DataLoader processes for the albumentations backend
+    progress: bool | None = None  # per-epoch progress bar on stderr; None = only when stderr is a TTY
+    eval_batch_size: int = 1024
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]  # metrics of every finished epoch, resumed ones included
+    model: nn.Module  # the evaluated weights (the EMA when enabled)
+    stopped_early: bool  # `report` asked to stop before cfg.epochs
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def last(self) -> dict[str, Any]:
+        return self.history[-1] if self.history else {}
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} requested but CUDA is not available on this machine")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
+
+
+def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
+    """Multiplier of the peak lr at optimizer step `step` of `total` (always reaches ~0 at the end)."""
+    warm = max(1, round(cfg.warmup_frac * total)) if cfg.schedule != "linear" else 0
+    if step < warm:
+        return (step + 1) / warm
+    progress = (step - warm) / max(1, total - warm)
+    if cfg.schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * progress))
+    return max(0.0, 1 - progress)  # onecycle's decay phase and plain linear
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, splits: Splits, opts: RunOptions):
+        self.cfg, self.splits, self.opts = cfg, splits, opts
+        self.device = resolve_device(opts.device)
+        self.steps_per_epoch = max(1, len(splits.train) // cfg.batch_size)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.model = build_model(cfg.model)
+        self.model.to(self.device, memory_format=self._memory_format)
+        self.net = self._maybe_compile(self.model)
+        self.optimizer = self._make_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(cfg, s, self.total_steps)
+        )
+        self.ema = None
+        if cfg.ema_decay:
+            self.ema = torch.optim.swa_utils.AveragedModel(
+                self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
+            )
+        self.augment = TorchAugment(cfg.aug_strength)
+        # On a GPU the whole uint8 set (150 MB) lives on the device: no host-to-device copy per batch.
+        on_gpu = self.device.type == "cuda" and cfg.aug_backend == "torch"
+        self.train_images = splits.train.images.to(self.device) if on_gpu else splits.train.images
+        self.train_labels = splits.train.labels.to(self.device) if on_gpu else splits.train.labels
+
+    @property
+    def _memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+
+    def _maybe_compile(self, model: nn.Module) -> nn.Module:
+        if not self.cfg.compile:
+            return model
+        # On CUDA "reduce-overhead" captures CUDA graphs, which pay off for a model this small.
+        mode = "reduce-overhead" if self.device.type == "cuda" else "default"
+        return torch.compile(model, mode=mode)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        cfg = self.cfg
+        params = list(self.model.parameters())
+        self.decay_params = [p for p in params if p.ndim > 1]  # conv kernels; biases and BN are not decayed
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=0.0)
+
+    @torch.no_grad()
+    def _decay_weights(self) -> None:
+        # Decoupled: shrink by weight_decay x (schedule factor), independent of the lr value.
+        factor = self.scheduler.get_last_lr()[0] / self.cfg.lr
+        torch._foreach_mul_(self.decay_params, 1 - self.cfg.weight_decay * factor)
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+
+    def _epoch_seed(self, epoch: int, stream: int) -> int:
+        # Per-epoch seeds (not a running RNG state) make a resumed run identical to an uninterrupted one.
+        return (self.cfg.seed * 1_000_003 + epoch * 7919 + stream) % 2**63
+
+    def _batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg, n = self.cfg, len(self.splits.train)
+        gen = torch.Generator().manual_seed(self._epoch_seed(epoch, 0))
+        bs = min(cfg.batch_size, n)
+        if cfg.aug_backend == "albumentations":
+            yield from self._albumentations_batches(epoch, gen, bs)
+            return
+        aug_gen = torch.Generator(self.device).manual_seed(self._epoch_seed(epoch, 1))
+        order = torch.randperm(n, generator=gen).to(self.train_images.device)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * bs : (i + 1) * bs]
+            x = normalize(self.train_images[idx], self.device, cfg.channels_last)
+            yield self.augment(x, aug_gen), self.train_labels[idx].to(self.device, non_blocking=True)
+
+    def _albumentations_batches(self, epoch: int, gen: torch.Generator, bs: int):
+        train = self.splits.train
+        dataset = AlbumentationsDataset(train.images, train.labels, self.cfg.aug_strength)
+        workers = self.opts.loader_workers
+        dataset.reseed(self._epoch_seed(epoch, 1))  # used as is when workers == 0
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=bs, shuffle=True, drop_last=True, generator=gen, num_workers=workers,
+            pin_memory=self.device.type == "cuda", worker_init_fn=seed_albumentations_worker if workers else None,
+        )
+        for images, labels in loader:
+            yield normalize(images, self.device, self.cfg.channels_last), labels.to(self.device, non_blocking=True)
+
+    def train_epoch(self, epoch: int, bar: "_Progress") -> dict[str, float]:
+        self.net.train()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for step, (x, y) in enumerate(self._batches(epoch)):
+            with self._autocast():
+                logp = self.net(x)
+                loss = F.cross_entropy(logp, y, label_smoothing=self.cfg.label_smoothing)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self._decay_weights()
+            self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
+            loss_sum += loss.detach() * len(y)
+            correct += (logp.detach().argmax(1) == y).sum()
+            seen += len(y)
+            if step % 20 == 0 or step == self.steps_per_epoch - 1:
+                self._check_finite(loss_sum, epoch, step)
+                bar.update(step + 1, self.steps_per_epoch, loss_sum.item() / seen)
+        return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen, "train_images": seen}
+
+    def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
+        value = loss_sum.item()
+        if not math.isfinite(value):
+            raise NonFiniteLossError(epoch + 1, step, value)
+
+    @property
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema is not None else self.model
+
+    def state(self, epoch: int, history: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch,
+            "config": self.cfg.to_dict(),
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "history": history,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        if state.get("config") != self.cfg.to_dict():
+            raise ConfigError("checkpoint was written for a different config; refusing to resume it")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: ImageSet, device: torch.device | str = "cpu", *, tta_flip: bool = False,
+    bf16: bool = False, channels_last: bool = True, batch_size: int = 1024,
+) -> dict[str, float]:
+    """Accuracy and mean NLL of `model` on `data` (mirror-averaged when tta_flip)."""
+    device = torch.device(device)
+    model.eval()
+    correct, loss_sum = 0, 0.0
+    for i in range(0, len(data), batch_size):
+        x = normalize(data.images[i : i + batch_size], device, channels_last)
+        y = data.labels[i : i + batch_size].to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logp = model(x)
+            if tta_flip:
+                logp = torch.logsumexp(torch.stack([logp, model(x.flip(3))]), 0) - math.log(2)
+        loss_sum += F.nll_loss(logp.float(), y, reduction="sum").item()
+        correct += (logp.argmax(1) == y).sum().item()
+    return {"acc": correct / len(data), "loss": loss_sum / len(data)}
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def _evaluate_splits(trainer: _Trainer, splits: Splits) -> dict[str, float]:
+    cfg, out = trainer.cfg, {}
+    for name, data in (("val", splits.val), ("test", splits.test)):
+        if data is not None and len(data):
+            m = evaluate(trainer.eval_model, data, trainer.device, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
+                         channels_last=cfg.channels_last, batch_size=trainer.opts.eval_batch_size)
+            out[f"{name}_acc"], out[f"{name}_loss"] = m["acc"], m["loss"]
+    return out
+
+
+def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: RunOptions = RunOptions()) -> TrainResult:
+    """Train `cfg` on `splits.train`, evaluating val/test after every epoch and calling `report`."""
+    trainer = _Trainer(cfg, splits, opts)
+    history: list[dict[str, Any]] = []
+    start = 0
+    if opts.resume and opts.checkpoint is not None and Path(opts.checkpoint).exists():
+        state = load_checkpoint(opts.checkpoint)
+        trainer.load_state(state)
+        start, history = state["epoch"], list(state["history"])
+    bar = _Progress(cfg.epochs, opts.progress)
+    stopped = False
+    for epoch in range(start, cfg.epochs):
+        bar.start_epoch(epoch)
+        t0 = time.perf_counter()
+        metrics: dict[str, Any] = {"epoch": epoch + 1, **trainer.train_epoch(epoch, bar)}
+        train_time = time.perf_counter() - t0
+        metrics.update(_evaluate_splits(trainer, splits))
+        metrics.update(lr=trainer.scheduler.get_last_lr()[0], train_time_s=train_time,
+                       eval_time_s=time.perf_counter() - t0 - train_time,
+                       images_per_s=metrics["train_images"] / train_time)
+        history.append(metrics)
+        bar.end_epoch(metrics)
+        if opts.checkpoint is not None:
+            save_atomic(trainer.state(epoch + 1, history), opts.checkpoint)
+        if report is not None and report(epoch + 1, metrics):
+            stopped = epoch + 1 < cfg.epochs
+            break
+    return TrainResult(history=history, model=trainer.eval_model, stopped_early=stopped,
+                       extra={"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch})
+
+
+class _Progress:
+    """One self-overwriting line per epoch on stderr; silent unless stderr is a TTY (or forced)."""
+
+    def __init__(self, epochs: int, enabled: bool | None):
+        self.epochs = epochs
+        self.enabled = sys.stderr.isatty() if enabled is None else enabled
+        self.t0 = self.last = 0.0
+        self.epoch = 0
+
+    def start_epoch(self, epoch: int) -> None:
+        self.epoch, self.t0, self.last = epoch, time.perf_counter(), 0.0
+
+    def update(self, step: int, steps: int, loss: float) -> None:
+        now = time.perf_counter()
+        if not self.enabled or (now - self.last < 0.5 and step < steps):
+            return
+        self.last = now
+        elapsed = now - self.t0
+        eta = elapsed / step * (steps - step)
+        filled = int(20 * step / steps)
+        sys.stderr.write(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
+                         f"{step}/{steps} loss {loss:.3f} eta {eta:4.0f}s ")
+        sys.stderr.flush()
+
+    def end_epoch(self, metrics: dict[str, Any]) -> None:
+        if self.enabled:
+            sys.stderr.write("\r" + " " * 78 + "\r")
+            sys.stderr.flush()

@@ -1,0 +1,1 @@
+"""optuna-dashboard launch and plotly reports over the study storage."""
