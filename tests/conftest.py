@@ -1,0 +1,81 @@
+"""Shared fixtures: a tiny CIFAR-format folder written by the tests, the real CIFAR-10 when present, and a
+storage fixture that runs every storage test against a real SQLite file and the real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cifarnet.config import DataConfig, ModelConfig, TrainConfig
+
+REAL_CIFAR = Path(os.environ.get("CIFAR10_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
+POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+# A narrow family member: trains in well under a second per epoch on the tiny fixture.
+TINY_MODEL = ModelConfig(widths=(4, 8, 8, 8))
+TINY_TRAIN = TrainConfig(model=TINY_MODEL, epochs=2, batch_size=32, lr=0.05, channels_last=False)
+TINY_DATA = DataConfig(val_size=40, test_size=None)
+
+
+def write_cifar_batches(root: Path, per_batch: int = 40, test_images: int = 60, seed: int = 0) -> Path:
+    """A CIFAR-10 folder in the official pickle layout; each class has its own colour, so it is learnable."""
+    rng = np.random.default_rng(seed)
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True, exist_ok=True)
+    palette = rng.integers(30, 225, size=(10, 3))
+
+    def batch(n: int, name: str) -> dict:
+        labels = np.arange(n) % 10
+        rng.shuffle(labels)
+        img = palette[labels][:, :, None, None] + rng.normal(0, 25, size=(n, 3, 32, 32))
+        data = np.clip(img, 0, 255).astype(np.uint8).reshape(n, 3072)
+        return {"batch_label": name, "labels": labels.tolist(), "data": data,
+                "filenames": [f"{name}_{i}.png" for i in range(n)]}
+
+    for i in range(1, 6):
+        with open(folder / f"data_batch_{i}", "wb") as f:
+            pickle.dump(batch(per_batch, f"training batch {i} of 5"), f)
+    with open(folder / "test_batch", "wb") as f:
+        pickle.dump(batch(test_images, "testing batch 1 of 1"), f)
+    with open(folder / "batches.meta", "wb") as f:
+        pickle.dump({"label_names": ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse",
+                                     "ship", "truck"], "num_cases_per_batch": per_batch, "num_vis": 3072}, f)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_cifar(tmp_path_factory) -> Path:
+    """Root folder holding cifar-10-batches-py/ with 5 x 40 training and 60 test images."""
+    return write_cifar_batches(tmp_path_factory.mktemp("tiny_cifar"))
+
+
+@pytest.fixture(scope="session")
+def real_cifar() -> Path:
+    if not (REAL_CIFAR / "cifar-10-batches-py").is_dir():
+        pytest.fail(f"real CIFAR-10 expected at {REAL_CIFAR} (set CIFAR10_DIR)")
+    return REAL_CIFAR
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path) -> str:
+    """A real SQLite file, or the real PostgreSQL server (studies created by the test are deleted after)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+        return
+    import optuna
+
+    before = {s.study_name for s in optuna.get_all_study_summaries(POSTGRES_URL)}
+    yield POSTGRES_URL
+    for s in optuna.get_all_study_summaries(POSTGRES_URL):
+        if s.study_name not in before:
+            optuna.delete_study(study_name=s.study_name, storage=POSTGRES_URL)
+
+
+@pytest.fixture
+def study_name() -> str:
+    return f"test-{uuid.uuid4().hex[:10]}"
