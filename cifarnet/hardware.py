@@ -30,6 +30,8 @@ def describe_hardware(device: str | torch.device = "cpu") -> dict[str, object]:
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "torch": torch.__version__,
         "python": platform.python_version(),
+        # Other processes compete for a 2-core machine: a load above the core count means slower figures.
+        "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)

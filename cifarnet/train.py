@@ -116,7 +116,7 @@ class _Trainer:
         params = list(self.model.parameters())
         self.decay_params = [p for p in params if p.ndim > 1]  # conv kernels; biases and BN are not decayed
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
         return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=0.0)
 
     @torch.no_grad()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 import uuid
 from pathlib import Path
 
@@ -12,6 +13,9 @@ import numpy as np
 import pytest
 
 from cifarnet.config import DataConfig, ModelConfig, TrainConfig
+
+# The installed `hpo` and `optuna` commands live beside this interpreter (a venv that may not be activated).
+os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
 
 REAL_CIFAR = Path(os.environ.get("CIFAR10_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")

@@ -1,0 +1,92 @@
+import pickle
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from cifarnet.config import DataConfig
+from cifarnet.data import balanced_indices, load_cifar10, make_splits
+from cifarnet.errors import DataError
+from tests.conftest import write_cifar_batches
+
+
+def test_loads_fixture_layout(tiny_cifar):
+    data = load_cifar10(tiny_cifar)
+    assert data.train.images.shape == (200, 32, 32, 3) and data.train.images.dtype == torch.uint8
+    assert data.test.images.shape == (60, 32, 32, 3)
+    assert data.train.labels.dtype == torch.int64 and set(data.train.labels.tolist()) == set(range(10))
+
+
+def test_accepts_batch_folder_or_parent_and_env(tiny_cifar, monkeypatch):
+    a = load_cifar10(tiny_cifar / "cifar-10-batches-py")
+    monkeypatch.setenv("CIFAR10_DIR", str(tiny_cifar))
+    b = load_cifar10()
+    assert torch.equal(a.train.images, b.train.images)
+
+
+def test_pixel_order_matches_file_layout(tmp_path):
+    root = write_cifar_batches(tmp_path)
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f, encoding="latin1")
+    img = load_cifar10(root).train.images[0]
+    # rows of the file are R plane, then G, then B
+    assert img[0, 0, 0] == raw["data"][0, 0] and img[0, 0, 1] == raw["data"][0, 1024]
+    assert img[0, 0, 2] == raw["data"][0, 2048] and img[0, 1, 0] == raw["data"][0, 1]
+
+
+def test_real_cifar10(real_cifar):
+    data = load_cifar10(real_cifar)
+    assert data.train.images.shape == (50_000, 32, 32, 3) and data.test.images.shape == (10_000, 32, 32, 3)
+    assert torch.bincount(data.train.labels).tolist() == [5000] * 10
+    assert torch.bincount(data.test.labels).tolist() == [1000] * 10
+    mean = data.train.images.float().mean((0, 1, 2)) / 255
+    assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-3)
+
+
+def test_validation_split_is_stratified_seeded_and_disjoint(real_cifar):
+    data = load_cifar10(real_cifar)
+    s1 = make_splits(data, DataConfig(train_size=1000, val_size=500, test_size=300, split_seed=3))
+    s2 = make_splits(data, DataConfig(train_size=1000, val_size=500, test_size=300, split_seed=3))
+    assert len(s1.train) == 1000 and len(s1.val) == 500 and len(s1.test) == 300
+    assert torch.bincount(s1.val.labels).tolist() == [50] * 10
+    assert torch.bincount(s1.train.labels).tolist() == [100] * 10
+    assert torch.equal(s1.val.images, s2.val.images) and torch.equal(s1.train.labels, s2.train.labels)
+    # the validation images never appear in the training subset
+    full = make_splits(data, DataConfig(val_size=500, split_seed=3))
+    assert len(full.train) == 49_500
+    other = make_splits(data, DataConfig(train_size=1000, val_size=500, test_size=0, split_seed=4))
+    assert other.test is None and not torch.equal(other.val.images, s1.val.images)
+
+
+def test_balanced_indices_handles_uneven_counts():
+    labels = torch.tensor([0] * 3 + [1] * 20)
+    idx = balanced_indices(labels, 10, seed=0)
+    assert len(idx) == 10 and len(set(idx.tolist())) == 10
+    assert (labels[idx] == 0).sum() == 3  # class 0 gives all it has, class 1 fills the rest
+
+
+@pytest.mark.parametrize("problem", ["missing_dir", "missing_file", "truncated", "bad_shape"])
+def test_bad_data_folder_raises_data_error(tmp_path, problem):
+    root = write_cifar_batches(tmp_path / "d")
+    batch3 = root / "cifar-10-batches-py" / "data_batch_3"
+    if problem == "missing_dir":
+        root = tmp_path / "nowhere"
+    elif problem == "missing_file":
+        batch3.unlink()
+    elif problem == "truncated":
+        batch3.write_bytes(batch3.read_bytes()[:5000])
+    else:
+        with open(batch3, "wb") as f:
+            pickle.dump({"data": np.zeros((10, 100), np.uint8), "labels": [0] * 10}, f)
+    with pytest.raises(DataError) as e:
+        load_cifar10(root)
+    assert "cifar-10-batches-py" in str(e.value) or "data_batch_3" in str(e.value)
+
+
+def test_cli_bad_data_dir_is_one_clear_line(tmp_path):
+    r = subprocess.run(["hpo", "train", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.startswith("error: CIFAR-10 folder not found")
+    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1

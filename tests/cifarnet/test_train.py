@@ -1,0 +1,114 @@
+import json
+import subprocess
+
+import pytest
+import torch
+
+from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.data import load_cifar10, make_splits
+from cifarnet.errors import ConfigError, NonFiniteLossError
+from cifarnet.train import RunOptions, lr_factor, train
+from tests.conftest import TINY_DATA, TINY_TRAIN
+
+
+@pytest.fixture
+def splits(tiny_cifar):
+    return make_splits(load_cifar10(tiny_cifar), TINY_DATA)
+
+
+def test_report_called_once_per_epoch_with_metrics(splits):
+    calls = []
+    result = train(TINY_TRAIN.replace(epochs=3), splits, lambda e, m: calls.append((e, m)))
+    assert [e for e, _ in calls] == [1, 2, 3]
+    assert {"train_loss", "val_acc", "test_acc", "images_per_s", "lr"} <= set(calls[0][1])
+    assert len(result.history) == 3 and not result.stopped_early
+
+
+def test_same_seed_same_metrics_other_seed_differs(splits):
+    a = train(TINY_TRAIN, splits).history
+    b = train(TINY_TRAIN, splits).history
+    c = train(TINY_TRAIN.replace(seed=1), splits).history
+    key = lambda h: [(m["train_loss"], m["val_acc"], m["test_loss"]) for m in h]
+    assert key(a) == key(b)
+    assert key(a) != key(c)
+
+
+def test_learns_the_tiny_task(splits):
+    h = train(TINY_TRAIN.replace(epochs=4, aug_strength=0.0), splits).history
+    assert h[-1]["train_loss"] < h[0]["train_loss"]
+    assert h[-1]["val_acc"] > 0.3  # 10 classes: chance is 0.1
+
+
+def test_report_returning_true_stops_early(splits):
+    result = train(TINY_TRAIN.replace(epochs=4), splits, lambda e, m: e == 2)
+    assert len(result.history) == 2 and result.stopped_early
+
+
+@pytest.mark.parametrize("variant", [
+    dict(), dict(aug_backend="albumentations"), dict(optimizer="adamw", lr=0.003, schedule="cosine"),
+    dict(ema_decay=0.9, tta_flip=True, label_smoothing=0.1, schedule="linear"), dict(bf16=True, channels_last=True),
+])
+def test_recipe_variants_resume_to_identical_result(tmp_path, splits, variant):
+    cfg = TINY_TRAIN.replace(epochs=3, **variant)
+    opts = RunOptions(checkpoint=tmp_path / "ck.pt", loader_workers=0)
+    full = train(cfg, splits, opts=RunOptions(loader_workers=0)).history
+
+    class Interrupt(Exception):
+        pass
+
+    def crash_after_2(epoch, metrics):
+        if epoch == 2:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(cfg, splits, crash_after_2, opts)
+    resumed = train(cfg, splits, opts=RunOptions(**{**opts.__dict__, "resume": True})).history
+    strip = lambda h: [{k: v for k, v in m.items() if "time" not in k and "per_s" not in k} for m in h]
+    assert strip(resumed) == strip(full)
+
+
+def test_resume_refuses_other_config(tmp_path, splits):
+    opts = RunOptions(checkpoint=tmp_path / "ck.pt")
+    train(TINY_TRAIN.replace(epochs=1), splits, opts=opts)
+    with pytest.raises(ConfigError, match="different config"):
+        train(TINY_TRAIN.replace(epochs=1, lr=0.01), splits, opts=RunOptions(checkpoint=tmp_path / "ck.pt", resume=True))
+
+
+def test_non_finite_loss_stops_with_specific_error(tmp_path, splits):
+    cfg = TINY_TRAIN.replace(lr=1e12, momentum=0.0, weight_decay=0.0)
+    ck = tmp_path / "ck.pt"
+    with pytest.raises(NonFiniteLossError) as e:
+        train(cfg, splits, opts=RunOptions(checkpoint=ck))
+    assert e.value.epoch == 1 and "non-finite" in str(e.value)
+    assert not ck.exists()  # no checkpoint of diverged weights
+
+
+def test_schedules_warm_up_and_end_near_zero():
+    for schedule in ("onecycle", "cosine", "linear"):
+        cfg = TrainConfig(schedule=schedule, warmup_frac=0.2)
+        f = [lr_factor(cfg, s, 100) for s in range(100)]
+        assert max(f) == pytest.approx(1.0) and f[-1] < 0.05
+    assert lr_factor(TrainConfig(schedule="onecycle"), 0, 100) < 0.1
+
+
+def test_cuda_request_without_cuda_is_a_clear_error(splits):
+    if torch.cuda.is_available():
+        pytest.xfail("this check is for CPU-only machines; CUDA is present")
+    with pytest.raises(ConfigError, match="CUDA is not available"):
+        train(TINY_TRAIN, splits, opts=RunOptions(device="cuda"))
+
+
+def test_cli_train_writes_metrics_and_checkpoint(tmp_path, tiny_cifar):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("epochs = 2\nbatch_size = 32\nlr = 0.05\n[model]\nwidths = [4, 8, 8, 8]\n[data]\nval_size = 40\n")
+    out = tmp_path / "out"
+    r = subprocess.run(["hpo", "train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out),
+                        "--seed", "3", "--device", "cpu"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("epoch ") == 2
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["seed"] == 3 and len(metrics["epochs"]) == 2 and metrics["hardware"]["device"] == "cpu"
+    assert metrics["config"]["model"]["widths"] == [4, 8, 8, 8] and metrics["data"]["val_images"] == 40
+    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert ck["epoch"] == 2 and ck["config"] == metrics["config"]
+    assert (out / "config.toml").read_text().startswith("epochs = 2")
