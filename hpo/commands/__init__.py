@@ -1,1 +1,2 @@
 """Command modules; each registers its commands on `hpo.cli.app` when imported."""
+from hpo.commands import dashboard  # noqa: F401  (hpo dashboard, hpo report)

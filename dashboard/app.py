@@ -1,0 +1,148 @@
+"""`hpo dashboard`: the real optuna-dashboard app, served on the study's own storage and artifact store.
+
+Shaped like optuna-dashboard itself: a `DashboardConfig` filled from the command line, then
+`dashboard/config.toml` (optuna-dashboard's --from-config layout), then defaults; `create_app(storage,
+artifact_store)` takes storage objects, so tests hand it a real one; `serve()` only opens, serves and stops.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import tomllib
+from dataclasses import dataclass, fields
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, BinaryIO, Callable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import optuna_dashboard
+from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
+from optuna.storages import BaseStorage
+
+from dashboard.studies import open_existing_storage, resolve_target
+from hpo.errors import HPOError
+
+CONFIG_TOML = Path(__file__).with_name("config.toml")
+
+
+@dataclass(frozen=True)
+class DashboardConfig:
+    # SQLAlchemy URL of the studies to show: the study file's [study] storage, or --storage.
+    storage: str | None = None
+    # Artifact folder read first and written by uploads from the UI; every study's own "artifact_dir"
+    # user_attr is read too, so one dashboard shows the artifacts of all studies in the database.
+    artifact_dir: str | None = None
+    # Interface to listen on; loopback by default because the dashboard has no authentication.
+    host: str = "127.0.0.1"
+    # TCP port; 0 picks a free one (the URL printed on start says which).
+    port: int = 8080
+    # No per-request access log on stderr.
+    quiet: bool = False
+
+    @classmethod
+    def build(cls, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML) -> "DashboardConfig":
+        """Each field from `cli` (None = not given), else the TOML's [optuna_dashboard] table, else the default."""
+        names = {f.name for f in fields(cls)}
+        table = _read_toml(toml_path).get("optuna_dashboard", {}) if toml_path else {}
+        unknown = sorted((set(cli) | set(table)) - names)
+        if unknown:
+            raise HPOError(f"dashboard config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
+        values = {name: cli[name] if cli.get(name) is not None else table.get(name) for name in names}
+        return cls(**{k: v for k, v in values.items() if v is not None})
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HPOError(f"dashboard config not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise HPOError(f"{path}: TOML syntax error: {e}") from None
+
+
+class StudyArtifactStore:
+    """optuna's FileSystemArtifactStore over every study's own artifact folder (study user_attr "artifact_dir").
+
+    Artifact ids are UUIDs, so a read simply tries each folder; the folders are re-read from storage on every
+    lookup, so studies created after the dashboard started are served too.
+    """
+
+    def __init__(self, storage: BaseStorage, default_dir: str | Path | None = None):
+        self._storage = storage
+        self._default = Path(default_dir) if default_dir else None
+
+    def folders(self) -> list[Path]:
+        found = [Path(s.user_attrs["artifact_dir"]) for s in self._storage.get_all_studies()
+                 if s.user_attrs.get("artifact_dir")]
+        return list(dict.fromkeys(([self._default] if self._default else []) + found))
+
+    def open_reader(self, artifact_id: str) -> BinaryIO:
+        for folder in self.folders():
+            try:
+                return FileSystemArtifactStore(folder).open_reader(artifact_id)
+            except ArtifactNotFound:
+                continue
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the study artifact folders")
+
+    def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        folders = self.folders()
+        if not folders:
+            raise ArtifactNotFound("no artifact folder: pass --artifact-dir or set the study's artifact_dir")
+        folders[0].mkdir(parents=True, exist_ok=True)
+        FileSystemArtifactStore(folders[0]).write(artifact_id, content_body)
+
+    def remove(self, artifact_id: str) -> None:
+        for folder in self.folders():
+            if (folder / artifact_id).exists():
+                FileSystemArtifactStore(folder).remove(artifact_id)
+                return
+        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the study artifact folders")
+
+
+def create_app(storage: BaseStorage, artifact_store: Any | None = None) -> Callable:
+    """The optuna-dashboard WSGI app (API, UI and artifact routes) over `storage` and `artifact_store`."""
+    return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+
+
+class _ThreadedServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # a slow request (e.g. importances) never holds up shutdown
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def serve(config: DashboardConfig, storage: BaseStorage, announce: Callable[[str], None] = print) -> None:
+    """Serve until SIGINT or SIGTERM, then stop accepting, close the socket (the port is free) and return."""
+    store = StudyArtifactStore(storage, config.artifact_dir)
+    handler = _QuietHandler if config.quiet else WSGIRequestHandler
+    httpd = make_server(config.host, config.port, create_app(storage, store), server_class=_ThreadedServer,
+                        handler_class=handler)
+
+    def stop(signum: int, _frame: Any) -> None:
+        # shutdown() waits for serve_forever() to return, so it must run outside the serving thread.
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        host, port = httpd.server_address[:2]
+        announce(f"optuna-dashboard on http://{host}:{port}/dashboard (Ctrl-C to stop)")
+        sys.stdout.flush()
+        httpd.serve_forever()
+    finally:
+        httpd.server_close()
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def run_dashboard(study: str | Path | None, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML,
+                  announce: Callable[[str], None] = print) -> None:
+    """`hpo dashboard`: resolve the study file / --storage, merge CLI > TOML > defaults, open, serve."""
+    target = resolve_target(study, cli.get("storage"))
+    config = DashboardConfig.build({**cli, "storage": target.storage,
+                                    "artifact_dir": cli.get("artifact_dir") or target.artifact_dir}, toml_path)
+    serve(config, open_existing_storage(config.storage), announce)

@@ -1,0 +1,239 @@
+"""`hpo report`: one self-contained HTML page (plotly.js embedded: it must open with no internet) about a study.
+
+Sections: optimization history, per-epoch validation curves (pruned trials marked), parameter importances,
+parallel coordinates, accuracy against parameter count with its Pareto front, and the retrain curve. The seed
+baseline (the original CifarNet, user_attr "seed_baseline") is highlighted wherever it appears.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import plotly.graph_objects as go
+import plotly.offline
+from optuna.trial import FrozenTrial, TrialState
+
+from dashboard.studies import load_study, open_existing_storage, resolve_target
+
+# fANOVA fits a random forest on the complete trials; with fewer than this it ranks noise, so we say so instead.
+MIN_TRIALS_FOR_IMPORTANCE = 4
+BASELINE_MARKER = dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))
+STATE_STYLE = {  # how each kind of trial is drawn in the curve chart: (colour, dash, legend label)
+    TrialState.COMPLETE: ("rgba(31,119,180,0.7)", "solid", "complete"),
+    TrialState.PRUNED: ("rgba(150,150,150,0.8)", "dot", "pruned (x = pruned here)"),
+    TrialState.FAIL: ("rgba(214,39,40,0.8)", "dash", "failed"),
+    TrialState.RUNNING: ("rgba(44,160,44,0.8)", "solid", "running"),
+}
+
+
+@dataclass(frozen=True)
+class Section:
+    key: str  # HTML id of the section, stable for links and tests
+    title: str
+    figure: go.Figure | None  # None when there is nothing to draw yet; `note` says why
+    note: str = ""
+
+
+def build_report(study: optuna.Study) -> str:
+    """The whole page as one HTML string."""
+    trials = study.get_trials(deepcopy=False)
+    sections = [history_section(study, trials), curves_section(study, trials), importance_section(study, trials),
+                parallel_section(study, trials), size_section(trials), retrain_section(study)]
+    return render_page(study, trials, sections)
+
+
+def write_report(study: optuna.Study, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(build_report(study), encoding="utf-8")
+    return path
+
+
+def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
+    """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
+    target = resolve_target(study, storage)
+    loaded = load_study(target.study_name or str(study), open_existing_storage(target.storage), target.storage)
+    return write_report(loaded, out)
+
+
+def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+
+
+def seed_baseline(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    return next((t for t in trials if t.user_attrs.get("seed_baseline")), None)
+
+
+def _baseline_trace(x: float, y: float, text: str) -> go.Scatter:
+    return go.Scatter(x=[x], y=[y], mode="markers", marker=BASELINE_MARKER, name="seed baseline (original CifarNet)",
+                      hovertext=[text], hoverinfo="text+y")
+
+
+def history_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+    done = complete_trials(trials)
+    if not done:
+        return Section("history", "Optimization history", None, "No complete trial yet.")
+    fig = optuna.visualization.plot_optimization_history(study, target_name="val_acc (best epoch)")
+    base = seed_baseline(done)
+    if base is not None:
+        fig.add_trace(_baseline_trace(base.number, base.value, f"trial {base.number}: seed baseline"))
+    fig.update_layout(title=None)
+    return Section("history", "Optimization history", fig,
+                   "Objective of each complete trial (best validation accuracy over its epochs) and the running best.")
+
+
+def curves_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+    fig = go.Figure()
+    shown: set[str] = set()
+    for t in trials:
+        if not t.intermediate_values:
+            continue
+        colour, dash, label = STATE_STYLE.get(t.state, STATE_STYLE[TrialState.RUNNING])
+        steps = sorted(t.intermediate_values)
+        values = [t.intermediate_values[s] for s in steps]
+        is_base = bool(t.user_attrs.get("seed_baseline"))
+        name = "seed baseline (original CifarNet)" if is_base else label
+        fig.add_trace(go.Scatter(
+            x=steps, y=values, mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
+            line=dict(color="goldenrod" if is_base else colour, dash=dash, width=4 if is_base else 1.5),
+            marker=dict(size=5), hovertext=f"trial {t.number} ({t.state.name.lower()})", hoverinfo="text+x+y"))
+        shown.add(name)
+        if t.state == TrialState.PRUNED:
+            fig.add_trace(go.Scatter(x=[steps[-1]], y=[values[-1]], mode="markers", showlegend=False,
+                                     legendgroup=name, marker=dict(symbol="x", size=11, color="crimson"),
+                                     hovertext=f"trial {t.number} pruned at epoch {steps[-1]}", hoverinfo="text"))
+    if not fig.data:
+        return Section("curves", "Validation accuracy per epoch", None, "No trial has reported an epoch yet.")
+    target = study.user_attrs.get("target_accuracy")
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="val_acc")
+    n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    return Section("curves", "Validation accuracy per epoch", fig,
+                   f"One line per trial; {n_pruned} pruned trial(s) end in a red x where the pruner stopped them.")
+
+
+def importance_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+    n = len(complete_trials(trials))
+    title = "Parameter importances"
+    if n < MIN_TRIALS_FOR_IMPORTANCE:
+        return Section("importance", title, None,
+                       f"Not enough complete trials for parameter importances: {n} complete, "
+                       f"at least {MIN_TRIALS_FOR_IMPORTANCE} needed (fANOVA would rank noise).")
+    try:
+        fig = optuna.visualization.plot_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+    except (RuntimeError, ValueError) as e:  # e.g. every complete trial has the same parameters
+        return Section("importance", title, None, f"Parameter importances could not be computed: {e}")
+    fig.update_layout(title=None)
+    return Section("importance", title, fig, f"fANOVA over {n} complete trials (seed 0).")
+
+
+def parallel_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+    if not complete_trials(trials):
+        return Section("parallel", "Parallel coordinates", None, "No complete trial yet.")
+    fig = optuna.visualization.plot_parallel_coordinate(study, target_name="val_acc")
+    fig.update_layout(title=None)
+    return Section("parallel", "Parallel coordinates", fig, "Searched parameters of each complete trial.")
+
+
+def pareto_front(points: list[tuple[int, float, int]]) -> list[tuple[int, float, int]]:
+    """(params, accuracy, trial number) points no other point beats with fewer-or-equal params and more accuracy."""
+    front, best = [], float("-inf")
+    for p in sorted(points, key=lambda p: (p[0], -p[1])):
+        if p[1] > best:
+            front.append(p)
+            best = p[1]
+    return front
+
+
+def size_section(trials: list[FrozenTrial]) -> Section:
+    title = "Accuracy against parameter count"
+    points = [(t.user_attrs["params_count"], t.value, t.number) for t in complete_trials(trials)
+              if "params_count" in t.user_attrs]
+    if not points:
+        return Section("size", title, None, "No complete trial with a recorded parameter count yet.")
+    front = pareto_front(points)
+    fig = go.Figure([
+        go.Scatter(x=[p[0] for p in points], y=[p[1] for p in points], mode="markers", name="complete trial",
+                   marker=dict(size=8, color="rgba(31,119,180,0.7)"),
+                   hovertext=[f"trial {p[2]}" for p in points], hoverinfo="text+x+y"),
+        go.Scatter(x=[p[0] for p in front], y=[p[1] for p in front], mode="lines+markers", name="Pareto front",
+                   line=dict(shape="hv", color="crimson"), marker=dict(size=10, color="crimson"),
+                   hovertext=[f"trial {p[2]}" for p in front], hoverinfo="text+x+y"),
+    ])
+    base = seed_baseline(complete_trials(trials))
+    if base is not None and "params_count" in base.user_attrs:
+        fig.add_trace(_baseline_trace(base.user_attrs["params_count"], base.value, f"trial {base.number}"))
+    fig.update_layout(xaxis_title="parameters", yaxis_title="val_acc (best epoch)", xaxis_type="log")
+    return Section("size", title, fig, f"Pareto front (fewer parameters, higher accuracy): trials "
+                                       f"{', '.join(str(p[2]) for p in front)}.")
+
+
+def retrain_section(study: optuna.Study) -> Section:
+    title = "Retraining the best configuration"
+    info = study.user_attrs.get("retrain")
+    if not info:
+        return Section("retrain", title, None, "No retrain recorded for this study yet (run `hpo retrain`).")
+    summary = ", ".join(f"{k} {v}" for k, v in info.items()
+                        if k in ("status", "trial", "epochs_to_target", "best_test_acc", "final_test_acc"))
+    metrics = Path(str(info.get("run_dir", ""))) / "metrics.json"
+    try:
+        epochs = json.loads(metrics.read_text())["epochs"]
+    except (OSError, ValueError, KeyError) as e:
+        return Section("retrain", title, None, f"Retrain: {summary}. Its curve is not readable at {metrics}: {e}")
+    fig = go.Figure()
+    for key, colour in (("train_acc", "darkorange"), ("val_acc", "steelblue"), ("test_acc", "seagreen")):
+        if any(key in m for m in epochs):
+            fig.add_trace(go.Scatter(x=[m["epoch"] for m in epochs if key in m], y=[m[key] for m in epochs if key in m],
+                                     mode="lines+markers", name=key, line=dict(color=colour)))
+    target = study.user_attrs.get("target_accuracy")
+    if target is not None:
+        fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="accuracy")
+    return Section("retrain", title, fig, f"Retrain: {summary} ({metrics}).")
+
+
+def _summary_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[tuple[str, str]]:
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    rows = [("trials", ", ".join(f"{n} {k}" for k, n in counts.items() if n) or "none")]
+    done = complete_trials(trials)
+    if done:
+        best = study.best_trial
+        size = best.user_attrs.get("params_count")
+        rows.append(("best trial", f"#{best.number}: val_acc {best.value:.4f}"
+                                   + (f", {size:,} parameters" if isinstance(size, int) else "")))
+        rows.append(("best parameters", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                                  for k, v in sorted(best.params.items()))))
+    base = seed_baseline(trials)
+    if base is not None:
+        value = f"val_acc {base.value:.4f}" if base.value is not None else base.state.name.lower()
+        rows.append(("seed baseline", f"#{base.number} (original CifarNet): {value}"))
+    if study.user_attrs.get("target_accuracy") is not None:
+        rows.append(("target accuracy", f"{study.user_attrs['target_accuracy']:.4f}"))
+    return rows
+
+
+def render_page(study: optuna.Study, trials: list[FrozenTrial], sections: list[Section]) -> str:
+    name = html.escape(study.study_name)
+    rows = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
+                   for k, v in _summary_rows(study, trials))
+    body = []
+    for s in sections:
+        chart = (s.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{s.key}",
+                                  default_height="460px") if s.figure is not None else "")
+        css = "note" if s.figure is not None else "note missing"
+        body.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>'
+                    f'<p class="{css}">{html.escape(s.note)}</p>{chart}</section>')
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {name}</title>'
+            f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
+            f"<body><h1>Study {name}</h1><table class=\"summary\">{rows}</table>{''.join(body)}</body></html>\n")
+
+
+CSS = """body{font-family:sans-serif;margin:24px auto;max-width:1100px;color:#222}
+h1{font-size:1.6em}h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd}
+table.summary th{text-align:left;padding-right:16px}p.note{color:#555}p.missing{color:#a33;font-weight:bold}"""

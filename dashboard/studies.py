@@ -1,0 +1,52 @@
+"""Which database (and artifact folder) the dashboard and the report read: from a study file, or a URL.
+
+The storage URL is never written here: it comes from the study file (hpo.studyfile), --storage, or the
+study service's default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage
+
+from hpo.errors import HPOError
+from hpo.storage import display_url, open_storage, parse_url
+from hpo.studyfile import DEFAULT_STORAGE, load_study_file
+
+
+@dataclass(frozen=True)
+class Target:
+    storage: str  # SQLAlchemy URL
+    study_name: str | None = None  # the study file's study, when one was given
+    artifact_dir: str | None = None  # the study file's artifact folder, when one was given
+
+
+def resolve_target(study: str | Path | None, storage: str | None) -> Target:
+    """`study` is a study TOML (its storage and artifact folder are used; --storage overrides the storage),
+    a study name, or None; without a study file the storage is --storage, else the service default."""
+    if study is not None and str(study).endswith(".toml"):
+        spec = load_study_file(study, storage=storage)
+        return Target(spec.storage, spec.name, spec.artifact_dir)
+    return Target(storage or DEFAULT_STORAGE, str(study) if study is not None else None)
+
+
+def open_existing_storage(url: str) -> BaseStorage:
+    """Like hpo.storage.open_storage, but a SQLite file that does not exist is an error, not a new empty
+    database: a mistyped path would otherwise show an empty dashboard."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if not Path(parsed.database).expanduser().is_file():
+            raise HPOError(f"no study database at {parsed.database} ({display_url(url)}); pass a study file "
+                           f"or --storage")
+    return open_storage(url)
+
+
+def load_study(name: str, storage: BaseStorage, url: str) -> optuna.Study:
+    """The named study, or an error that lists the studies the database does hold."""
+    names = [s.study_name for s in storage.get_all_studies()]
+    if name not in names:
+        raise HPOError(f"no study named {name!r} in {display_url(url)} (studies there: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=name, storage=storage)
