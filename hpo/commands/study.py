@@ -1,0 +1,94 @@
+"""`hpo study start|check|list|status|best` and `hpo worker`: thin wrappers over hpo.worker / hpo.study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from hpo.cli import DataDirOpt, DeviceOpt, app
+from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
+from hpo.studyfile import DEFAULT_STORAGE, load_study_file
+from hpo.worker import WorkerOptions, join_study, start_study
+
+study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect Optuna studies on SQL storage.")
+app.add_typer(study_app, name="study")
+
+StudyFileArg = Annotated[Path, typer.Argument(help="Study TOML (see studies/*.toml).")]
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", help="SQLAlchemy URL, e.g. sqlite:///hpo.db or postgresql+psycopg://user@host/db "
+                      "(default: the study file's).")]
+ListStorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the study database.")]
+ThreadsOpt = Annotated[Optional[int], typer.Option(
+    help="Torch threads per worker (default: this machine's cores divided by --workers).")]
+NameArg = Annotated[str, typer.Argument(help="Study name.")]
+
+
+@study_app.command("start")
+def start_cmd(
+    study_file: StudyFileArg,
+    storage: StorageOpt = None,
+    n_trials: Annotated[Optional[int], typer.Option(
+        "--n-trials", help="Trials to run now (resuming adds this many; default: the file's trials).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(help="Start no trial after this many seconds.")] = None,
+    workers: Annotated[int, typer.Option(help="Local worker processes on the same storage; the cores are "
+                                              "split between them.")] = 1,
+    threads: ThreadsOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
+    spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
+    status = start_study(spec, WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads))
+    typer.echo(format_status(status))
+
+
+@app.command("worker")
+def worker_cmd(
+    study_file: StudyFileArg,
+    storage: StorageOpt = None,
+    threads: ThreadsOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+) -> None:
+    """Join a study started with `hpo study start` (from another process or machine) until its run ends."""
+    spec = load_study_file(study_file, storage=storage)
+    typer.echo(format_status(join_study(spec, WorkerOptions(data_dir=data_dir, device=device, threads=threads))))
+
+
+@study_app.command("check")
+def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None) -> None:
+    """Validate a study file and print what it would search (no storage or data is touched)."""
+    typer.echo(describe_spec(load_study_file(study_file, storage=storage)))
+
+
+@study_app.command("list")
+def list_cmd(storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
+    """Studies in a storage: trials and best validation accuracy."""
+    rows = list_studies(storage)
+    if not rows:
+        typer.echo("no studies")
+    for r in rows:
+        best = f"{r.best_value:.4f}" if r.best_value is not None else "-"
+        typer.echo(f"{r.name:<30} {r.trials:>5} trials  best {best:<8} {r.started}")
+
+
+@study_app.command("status")
+def status_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
+    """Trials by state, best so far, target, stop flag and why trials failed."""
+    typer.echo(format_status(study_status(storage, name)))
+
+
+@study_app.command("best")
+def best_cmd(
+    name: NameArg,
+    storage: ListStorageOpt = DEFAULT_STORAGE,
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """The best completed trial: validation accuracy, parameters, size and the full training config."""
+    if format not in ("table", "json"):
+        raise typer.BadParameter(f"must be table or json, got {format!r}", param_hint="--format")
+    record = best_trial_record(storage, name)
+    typer.echo(json.dumps(record, indent=2) if format == "json" else format_best(record))

@@ -1,0 +1,113 @@
+"""The objective: one trial = suggest a config -> reject it if too big -> train -> report every epoch.
+
+What a trial leaves in storage (the conventions retraining and the dashboard read):
+  user_attrs "config", "data", "params_count", "macs", "receptive_field", "device" (before training),
+  "epoch_times" and "curve" (after every epoch), "pruned_at_epoch" (pruned), "fail_reason" (failed/rejected),
+  intermediate values step = epoch (1-based) -> val_acc; the value = the best val_acc (maximised).
+
+Over-budget configurations (params > max_params) are PRUNED, not FAILED, before any training, with an
+infeasible constraint (`trial.set_constraint`). Why pruned: optuna's samplers ignore FAILED trials, so a
+failed giant would be proposed again and again; a pruned trial with a violated constraint is ranked among the
+worst by TPE, which steers it away from that corner of the space.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import optuna
+import torch
+
+from cifarnet.data import Splits
+from cifarnet.errors import CifarNetError
+from cifarnet.model import model_stats
+from cifarnet.train import RunOptions, resolve_device, train
+from hpo.space import suggest_config
+from hpo.study import request_stop
+from hpo.studyfile import StudySpec
+
+# Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
+# NaN/inf loss and bad searched configs (CifarNetError), and a too-wide network on a small GPU.
+TRIAL_ERRORS: tuple[type[BaseException], ...] = (CifarNetError, torch.OutOfMemoryError)
+OVER_BUDGET_CONSTRAINT = "params_over_budget"  # > 0: the trial is infeasible (parameters above max_params)
+STOP_REASON = "stopped: another trial reached the study's target accuracy"
+
+
+class Objective:
+    """`study.optimize(Objective(spec, splits, opts))`; returns the best validation accuracy of a trial."""
+
+    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions = RunOptions(progress=False)):
+        self.spec, self.splits, self.opts = spec, splits, opts
+        self.device = str(resolve_device(opts.device))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._run(trial)
+        except optuna.TrialPruned:
+            raise
+        except (Exception, KeyboardInterrupt) as e:  # record why before optuna marks the trial FAIL
+            reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _describe(e)
+            trial.set_user_attr("fail_reason", reason)
+            raise
+
+    def _run(self, trial: optuna.Trial) -> float:
+        spec = self.spec
+        cfg = suggest_config(spec.space, trial, spec.base)
+        stats = model_stats(cfg.model)
+        for key, value in {
+            "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
+            "macs": stats.macs, "receptive_field": stats.receptive_field, "device": self.device,
+        }.items():
+            trial.set_user_attr(key, value)
+        if spec.max_params is not None and stats.params > spec.max_params:
+            reject_over_budget(trial, stats.params, spec.max_params)
+        reporter = EpochReporter(trial, spec)
+        train(cfg, self.splits, reporter, self.opts)
+        return max(m["val_acc"] for m in reporter.curve)
+
+
+def reject_over_budget(trial: optuna.Trial, params: int, max_params: int) -> None:
+    """Prune before training, marked infeasible so the sampler learns to avoid it (see module doc)."""
+    trial.set_constraint(OVER_BUDGET_CONSTRAINT, float(params - max_params))
+    trial.set_user_attr("fail_reason", f"rejected before training: {params:,} parameters > max_params "
+                                       f"{max_params:,}")
+    raise optuna.TrialPruned(f"{params:,} parameters > max_params {max_params:,}")
+
+
+class EpochReporter:
+    """The `report(epoch, metrics)` callback of cifarnet.train.train for one trial.
+
+    Stores the curve as it grows (the dashboard shows running trials), reports val_acc for pruning, raises
+    TrialPruned when the pruner says so, and handles the study-wide stop flag (see hpo.study).
+    """
+
+    def __init__(self, trial: optuna.Trial, spec: StudySpec):
+        self.trial, self.spec = trial, spec
+        self.curve: list[dict[str, Any]] = []
+        self.epoch_times: list[float] = []
+
+    def __call__(self, epoch: int, metrics: dict[str, Any]) -> None:
+        trial, val_acc = self.trial, metrics["val_acc"]
+        self.curve.append(dict(metrics))
+        self.epoch_times.append(metrics["train_time_s"] + metrics["eval_time_s"])
+        trial.set_user_attr("curve", self.curve)
+        trial.set_user_attr("epoch_times", self.epoch_times)
+        trial.report(val_acc, step=epoch)
+        target = self.spec.target_accuracy
+        if self.spec.stop_on_target and target is not None and val_acc >= target:
+            # This trial finishes its budget (its value stays comparable); every other worker stops.
+            request_stop(trial.study, f"trial {trial.number} reached val_acc {val_acc:.4f} >= {target}")
+            return
+        if trial.should_prune():
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            raise optuna.TrialPruned(f"val_acc {val_acc:.4f} at epoch {epoch}")
+        if self.spec.stop_on_target and trial.study.user_attrs.get("stop_requested"):
+            trial.set_user_attr("pruned_at_epoch", epoch)
+            trial.set_user_attr("fail_reason", STOP_REASON)
+            raise optuna.TrialPruned(STOP_REASON)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__

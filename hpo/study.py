@@ -1,0 +1,296 @@
+"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and summaries for the CLI.
+
+A study created here carries everything needed to continue or inspect it from storage alone:
+study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artifact_dir", "stop_requested",
+"run_budget" (what the current `hpo study start` asked for, read by joining workers).
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from hpo.errors import HPOError, StorageError
+from hpo.space import Choice, SearchSpace, apply_params, seed_params
+from hpo.storage import display_url, is_locked, open_storage
+from hpo.studyfile import StudySpec, spec_from_dict
+
+# Study-file tables that define what a trial means; resuming with any of them changed would mix
+# incomparable trials in one study, so it is refused. Everything else (trials, sampler, ...) may change.
+IDENTITY_TABLES = ("space", "budget", "train")
+LOCK_RETRIES = 8
+
+
+def build_sampler(spec: StudySpec, seed_offset: int | None = 0) -> optuna.samplers.BaseSampler:
+    """The study file's sampler; `seed_offset` keeps parallel workers from proposing identical trials
+    (None: fresh randomness, for workers joining from elsewhere)."""
+    options = dict(spec.sampler.options)
+    if "seed" in options:
+        options["seed"] = None if seed_offset is None else options["seed"] + seed_offset
+    kind = spec.sampler.kind
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(**options)
+    if kind == "random":
+        return optuna.samplers.RandomSampler(**options)
+    if kind == "gp":
+        return optuna.samplers.GPSampler(**options)
+    try:
+        import cmaes  # noqa: F401  (optuna imports it lazily, at the first trial)
+    except ImportError:
+        raise HPOError("sampler kind 'cmaes' needs the cmaes package (pip install cmaes)") from None
+    return optuna.samplers.CmaEsSampler(**options)
+
+
+def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
+    options, kind = dict(spec.pruner.options), spec.pruner.kind
+    if kind == "median":
+        return optuna.pruners.MedianPruner(**options)
+    if kind == "successive-halving":
+        return optuna.pruners.SuccessiveHalvingPruner(**options)
+    if kind == "hyperband":
+        return optuna.pruners.HyperbandPruner(**{"max_resource": spec.base.epochs, **options})
+    return optuna.pruners.NopPruner()
+
+
+def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Create the study (baseline enqueued as trial 0) or load it, refusing a study file that changes what a
+    trial means. The stored study file is replaced by this one (run settings may change between runs)."""
+    storage = storage or open_storage(spec.storage)
+    study = with_lock_retry(lambda: optuna.create_study(
+        storage=storage, study_name=spec.name, direction="maximize", load_if_exists=True,
+        sampler=build_sampler(spec), pruner=build_pruner(spec)))
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise HPOError(f"study {spec.name!r} exists in {display_url(spec.storage)} but minimises; "
+                       "it was not created by hpo (use another [study] name)")
+    stored = study.user_attrs.get("study_file")
+    if stored is None and study.trials:
+        raise HPOError(f"study {spec.name!r} in {display_url(spec.storage)} has trials but no study file: "
+                       "it was not created by hpo (use another [study] name)")
+    if stored is not None:
+        check_same_search(stored, spec)
+    for key, value in {"study_file": spec.raw, "target_accuracy": spec.target_accuracy,
+                       "artifact_dir": spec.artifact_dir}.items():
+        study.set_user_attr(key, value)
+    if not any(t.user_attrs.get("seed_baseline") for t in study.get_trials(deepcopy=False)):
+        params, moved = baseline_params(spec.space, spec)
+        attrs = {"seed_baseline": True, **({"seed_moved_into_space": moved} if moved else {})}
+        study.enqueue_trial(params, user_attrs=attrs)
+    return study
+
+
+def check_same_search(stored: dict[str, Any], spec: StudySpec) -> None:
+    """Refuse to resume a study with a study file whose space, budget or base recipe differ."""
+    differ = [f"[{t}]" for t in IDENTITY_TABLES if stored.get(t, {}) != spec.raw.get(t, {})]
+    if differ:
+        raise HPOError(f"study {spec.name!r} in {display_url(spec.storage)} was created from a study file with a "
+                       f"different {', '.join(differ)}; its trials would not be comparable. Give this file a "
+                       f"new [study] name, or resume with the original file")
+
+
+def baseline_params(space: SearchSpace, spec: StudySpec) -> tuple[dict[str, Any], list[str]]:
+    """The original CifarNet's values, each moved to the nearest value the space allows (narrow test spaces
+    may not contain it); returns the names that had to move."""
+    params, moved = {}, []
+    for name, value in seed_params(space, spec.base).items():
+        dist = space.params[name]
+        if isinstance(dist, Choice):
+            near = value if value in dist.choices else _nearest(dist.choices, value)
+        else:
+            near = type(value)(min(max(value, dist.low), dist.high))
+        params[name] = near
+        if near != value:
+            moved.append(name)
+    return params, moved
+
+
+def _nearest(choices: tuple[Any, ...], value: Any) -> Any:
+    numeric = [c for c in choices if isinstance(c, (int, float)) and not isinstance(c, bool)]
+    if numeric and isinstance(value, (int, float)):
+        return min(numeric, key=lambda c: abs(c - value))
+    return choices[0]
+
+
+def request_stop(study: optuna.Study, reason: str) -> None:
+    """Raise the stop flag in storage; every worker polls it between epochs and before each trial."""
+    if not study.user_attrs.get("stop_requested"):
+        study.set_user_attr("stop_reason", reason)
+        study.set_user_attr("stop_requested", True)
+
+
+def stop_requested(study: optuna.Study) -> bool:
+    return bool(study.user_attrs.get("stop_requested"))
+
+
+def clear_stop(study: optuna.Study) -> None:
+    study.set_user_attr("stop_requested", False)
+
+
+def with_lock_retry(fn):
+    """Run `fn`, retrying while SQLite reports "database is locked" (the busy timeout ran out under load)."""
+    for attempt in range(LOCK_RETRIES):
+        try:
+            return fn()
+        except Exception as e:  # optuna wraps SQLAlchemy's error in StorageInternalError
+            cause = e.__cause__ or e.__context__ or e
+            if attempt + 1 == LOCK_RETRIES or not (is_locked(e) or is_locked(cause)):
+                raise
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def load_study(storage_url: str, name: str) -> optuna.Study:
+    storage = open_storage(storage_url)
+    try:
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise StorageError(f"no study named {name!r} in {display_url(storage_url)} (studies: {known})") from None
+
+
+def load_spec(study: optuna.Study) -> StudySpec:
+    raw = study.user_attrs.get("study_file")
+    if raw is None:
+        raise HPOError(f"study {study.study_name!r} has no study file: it was not created by hpo")
+    return spec_from_dict(raw)
+
+
+@dataclass(frozen=True)
+class StudyRow:
+    name: str
+    trials: int
+    best_value: float | None
+    started: str  # ISO time of the first trial, "" when none ran
+
+
+def list_studies(storage_url: str) -> list[StudyRow]:
+    storage = open_storage(storage_url)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # summaries of studies other tools created may warn
+        summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
+    return [StudyRow(s.study_name, s.n_trials, s.best_trial.value if s.best_trial else None,
+                     s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else "")
+            for s in sorted(summaries, key=lambda s: s.study_name)]
+
+
+def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
+    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
+                                          TrialState.RUNNING, TrialState.WAITING)}
+    for t in trials:
+        counts[t.state.name.lower()] += 1
+    return counts
+
+
+def best_completed(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+    return max(done, key=lambda t: (t.value, -t.number)) if done else None
+
+
+@dataclass(frozen=True)
+class StudyStatus:
+    name: str
+    storage: str  # password hidden
+    counts: dict[str, int]  # complete, pruned, fail, running, waiting
+    best: dict[str, Any] | None  # best_record() of the best completed trial
+    target_accuracy: float | None
+    stop_requested: bool
+    stop_reason: str
+    failures: list[tuple[int, str]]  # (trial number, why) of failed and rejected trials
+
+
+def study_status(storage_url: str, name: str) -> StudyStatus:
+    study = load_study(storage_url, name)
+    trials = study.get_trials(deepcopy=False)
+    best = best_completed(trials)
+    attrs = study.user_attrs
+    failures = [(t.number, fail_reason(t)) for t in trials
+                if t.state == TrialState.FAIL or "fail_reason" in t.user_attrs]
+    return StudyStatus(name, display_url(storage_url), count_states(trials), best and best_record(study, best),
+                       attrs.get("target_accuracy"), bool(attrs.get("stop_requested")),
+                       attrs.get("stop_reason", "") if attrs.get("stop_requested") else "", failures)
+
+
+def fail_reason(trial: FrozenTrial) -> str:
+    if "fail_reason" in trial.user_attrs:
+        return trial.user_attrs["fail_reason"]
+    if trial.state == TrialState.FAIL:  # no reason recorded: the worker died mid-trial (heartbeat went stale)
+        return "worker lost (no heartbeat); re-queued when retries were left"
+    return ""
+
+
+def best_trial_record(storage_url: str, name: str) -> dict[str, Any]:
+    """The best completed trial as a JSON-ready dict (`hpo study best`)."""
+    study = load_study(storage_url, name)
+    best = best_completed(study.get_trials(deepcopy=False))
+    if best is None:
+        raise HPOError(f"study {name!r} has no completed trial yet")
+    return best_record(study, best)
+
+
+def best_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration else None
+    return {
+        "study": study.study_name, "trial": trial.number, "val_acc": trial.value, "params": trial.params,
+        "params_count": attrs.get("params_count"), "macs": attrs.get("macs"),
+        "receptive_field": attrs.get("receptive_field"), "epochs": len(attrs.get("curve", [])),
+        "duration_s": duration, "device": attrs.get("device"), "seed_baseline": bool(attrs.get("seed_baseline")),
+        "config": attrs.get("config"),
+    }
+
+
+def format_status(status: StudyStatus) -> str:
+    c = status.counts
+    lines = [f"study {status.name} ({status.storage})",
+             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running, "
+             f"{c['waiting']} waiting"]
+    if status.best:
+        b = status.best
+        lines.append(f"best: trial {b['trial']} val_acc {b['val_acc']:.4f} ({b['params_count']:,} params) "
+                     f"{b['params']}")
+    if status.target_accuracy is not None:
+        reached = bool(status.best) and status.best["val_acc"] >= status.target_accuracy
+        lines.append(f"target val_acc {status.target_accuracy}: {'reached' if reached else 'not reached'}")
+    if status.stop_requested:
+        lines.append(f"stop requested: {status.stop_reason}")
+    lines += [f"trial {n}: {why}" for n, why in status.failures]
+    return "\n".join(lines)
+
+
+def format_best(record: dict[str, Any]) -> str:
+    rows = {k: v for k, v in record.items() if k not in ("config", "params")}
+    rows.update({f"param {k}": v for k, v in record["params"].items()})
+    width = max(map(len, rows))
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+
+
+def describe_spec(spec: StudySpec) -> str:
+    """`hpo study check`: what a study file searches, with the parameter range of its widths."""
+    from cifarnet.model import model_stats
+
+    lo = {n: d.low if not isinstance(d, Choice) else min(d.choices) for n, d in spec.space.params.items()
+          if n.startswith("width")}
+    hi = {n: d.high if not isinstance(d, Choice) else max(d.choices) for n, d in spec.space.params.items()
+          if n.startswith("width")}
+    sizes = [model_stats(apply_params(spec.base, v).model).params for v in (lo, hi)]
+    budget = f"{spec.n_trials} trials" if spec.n_trials else "no trial limit"
+    lines = [
+        f"study {spec.name} on {display_url(spec.storage)}: {budget}"
+        + (f", timeout {spec.timeout:.0f}s" if spec.timeout else ""),
+        f"sampler {spec.sampler.kind} {spec.sampler.options}; pruner {spec.pruner.kind} {spec.pruner.options}",
+        f"per trial: {spec.base.epochs} epochs on {spec.data.train_size or 'all'} training images, "
+        f"{spec.data.val_size} validation images",
+        f"parameters: {sizes[0]:,} .. {sizes[1]:,} over the width range"
+        + (f" (max_params {spec.max_params:,})" if spec.max_params else ""),
+        f"target val_acc: {spec.target_accuracy}" + (" (stops all workers)" if spec.stop_on_target else ""),
+        f"artifacts: {spec.artifact_dir}",
+        "space:",
+    ]
+    lines += [f"  {name} = {dist}" for name, dist in spec.space.params.items()]
+    baseline, moved = baseline_params(spec.space, spec)
+    lines.append(f"trial 0 (original CifarNet): {baseline}" + (f" (moved into the space: {moved})" if moved else ""))
+    return "\n".join(lines)
