@@ -1,0 +1,166 @@
+"""Export a retrained run as a deployable model (ONNX or TorchScript) and prove it computes what PyTorch does.
+
+The exported graph takes raw images, uint8 (B, 32, 32, 3) RGB as stored in the CIFAR files, and returns
+(B, 10) log-probabilities: normalisation (and the mirror average when the run used tta_flip) is inside the
+graph, so a deployment cannot get the preprocessing wrong. The check compares the exported model against the
+training code's own path (`cifarnet.augment.normalize` + the model) on a batch of test images.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from cifarnet.augment import normalize
+from cifarnet.config import TrainConfig
+from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
+from cifarnet.model import build_model
+from cifarnet.train import load_checkpoint
+from hpo.errors import HPOError
+
+FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+WEIGHTS = ("best", "final")
+# log-probs in float32 through a few dozen convs: graph rewrites reorder sums, so bit-equality is not expected;
+# 1e-4 is far below any change in the predicted class.
+TOLERANCE = 1e-4
+ONNX_OPSET = 17
+
+
+class ExportError(HPOError):
+    """The run folder cannot be exported, or the exported model disagrees with PyTorch."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path  # the deployable model
+    format: str  # "onnx" | "torchscript"
+    weights: Path  # which weights file of the run was exported
+    max_abs_diff: float  # max |log-prob(exported) - log-prob(PyTorch)| on the check batch
+    tolerance: float
+    batch: int  # images in the check batch
+    batch_source: str  # "CIFAR-10 test set (<dir>)" or "seeded random images"
+
+
+class DeployModel(nn.Module):
+    """uint8 (B, 32, 32, 3) RGB -> (B, 10) log-probabilities; the preprocessing travels with the weights."""
+
+    def __init__(self, model: nn.Module, tta_flip: bool):
+        super().__init__()
+        self.model, self.tta_flip = model, tta_flip
+        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std  # (B, 3, 32, 32)
+        logp = self.model(x)  # (B, 10)
+        if self.tta_flip:
+            logp = torch.logsumexp(torch.stack([logp, self.model(x.flip(3))]), 0) - math.log(2)
+        return logp
+
+
+def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, TrainConfig, Path]:
+    """The evaluated weights of a retrain run (`best.pt` or `final.pt`) in a model in eval mode."""
+    if weights not in WEIGHTS:
+        raise ExportError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
+    path = Path(run_dir) / f"{weights}.pt"
+    if not path.is_file():
+        raise ExportError(f"{path} not found: RUN_DIR must be a folder written by `hpo retrain`")
+    state = load_checkpoint(path)
+    cfg = TrainConfig.from_dict(state["config"])
+    model = build_model(cfg.model)
+    model.load_state_dict(state["state_dict"])
+    return model.eval(), cfg, path
+
+
+def check_batch(data_dir: str | None, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
+    """The first `n` CIFAR-10 test images when a data folder is known, else seeded random images."""
+    if data_dir is not None or os.environ.get("CIFAR10_DIR"):
+        test = load_cifar10(data_dir).test
+        return test.images[:n], f"CIFAR-10 test set ({data_dir or os.environ['CIFAR10_DIR']})"
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen), "seeded random images"
+
+
+@torch.no_grad()
+def reference_logp(model: nn.Module, images: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+    """What the training code computes at evaluation time (cifarnet.train.evaluate's path), in float32."""
+    x = normalize(images, torch.device("cpu"), channels_last=False)
+    logp = model(x)
+    if tta_flip:
+        logp = torch.logsumexp(torch.stack([logp, model(x.flip(3))]), 0) - math.log(2)
+    return logp
+
+
+def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: Path | None = None,
+                 data_dir: str | None = None, batch: int = 64) -> ExportResult:
+    """Write the deployable model (default RUN_DIR/model.onnx or model.torchscript.pt) and check it."""
+    if fmt not in FORMATS:
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    model, cfg, weights_path = load_run_model(run_dir, weights)
+    out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
+    images, source = check_batch(data_dir, batch)
+    deploy = DeployModel(model, cfg.tta_flip).eval()
+    _WRITERS[fmt](deploy, images[:2], out)
+    got = torch.from_numpy(np.asarray(_RUNNERS[fmt](out, images)))
+    diff = (got - reference_logp(model, images, cfg.tta_flip)).abs().max().item()
+    result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source)
+    out.with_name(out.name + ".json").write_text(json.dumps(_describe(result, cfg), indent=2) + "\n")
+    if not diff < TOLERANCE:
+        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE:g})")
+    return result
+
+
+def _describe(result: ExportResult, cfg: TrainConfig) -> dict:
+    return {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
+            "input": "uint8 (B, 32, 32, 3) RGB, as in the CIFAR-10 files", "output": "(B, 10) log-probabilities",
+            "classes": list(CLASSES), "tta_flip": cfg.tta_flip, "config": cfg.to_dict()}
+
+
+def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # dynamo=False: the torch.export-based exporter needs onnxscript, which is not installed here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(model, (example,), str(path), dynamo=False, opset_version=ONNX_OPSET,
+                          input_names=["images"], output_names=["log_probs"],
+                          dynamic_axes={"images": {0: "batch"}, "log_probs": {0: "batch"}})
+    import onnx
+
+    onnx.checker.check_model(str(path))
+
+
+def _run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1  # a check, not a benchmark: stay polite on shared cores
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return session.run(["log_probs"], {"images": images.numpy()})[0]
+
+
+def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    # TorchScript is deprecated upstream (FutureWarning) but still the format C++/libtorch deployments load.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        traced = torch.jit.trace(model, (example,))
+    traced.save(str(path))
+
+
+@torch.no_grad()
+def _run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # see _write_torchscript
+        model = torch.jit.load(str(path), map_location="cpu")
+    return model(images).numpy()
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
+_RUNNERS = {"onnx": _run_onnx, "torchscript": _run_torchscript}
