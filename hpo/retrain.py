@@ -1,0 +1,363 @@
+"""Retrain a study's best (or a chosen) trial on all training images until it reaches a target test accuracy.
+
+What is retrained is exactly what was searched: the config is rebuilt by the search's own mapping
+(`hpo.space.suggest_config` replaying the trial's parameters through `optuna.trial.FixedTrial`) from the base
+recipe stored in the study itself, and checked against the config the trial recorded. Only the budget differs:
+the LR schedule is sized for `max_epochs` (epochs = max_epochs), and the target only stops training at the first
+epoch whose test accuracy reaches it; it changes nothing in the schedule.
+
+The run folder holds final and best weights, config.toml, metrics (JSON and CSV), a learning-curve plot and a
+checkpoint written after every epoch, so an interrupted retrain resumes from its last finished epoch and ends
+where an uninterrupted one would. The outcome goes to the study (user_attr "retrain") and the files to the
+study's optuna artifact store.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.artifacts import FileSystemArtifactStore, upload_artifact
+from optuna.trial import FixedTrial, FrozenTrial, TrialState
+
+from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.hardware import now_iso
+from cifarnet.run import train_to_dir, write_json_atomic
+from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
+from hpo.errors import HPOError
+from hpo.space import suggest_config
+from hpo.storage import display_url, open_storage, parse_url
+from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
+
+DEFAULT_TARGET = 0.85  # test accuracy
+DEFAULT_MAX_EPOCHS = 30
+REPLAY_FREE = ("epochs", "seed")  # the only fields a retrain may change relative to the searched trial
+ARTIFACT_FILES = ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv", "learning_curve.html")
+WEIGHTS_FORMAT = 1
+
+
+class RetrainError(HPOError):
+    """The study, trial or run folder cannot be retrained as asked."""
+
+
+@dataclass(frozen=True)
+class RetrainOptions:
+    storage: str | None = None  # storage URL; default: the study file's, else hpo.studyfile.DEFAULT_STORAGE
+    trial: int | None = None  # trial number; None = the study's best trial
+    # Test accuracy to stop at. Not the study's target_accuracy: that one is a validation accuracy after the
+    # short per-trial budget, this one is the final figure on the 10k test set.
+    target: float = DEFAULT_TARGET
+    max_epochs: int = DEFAULT_MAX_EPOCHS  # the LR schedule is sized for this many epochs
+    out: Path | None = None  # run folder; None = runs/retrain/<study>/trial<N> under the cwd
+    resume: bool = False  # continue the run folder's checkpoint
+    seed: int | None = None  # training seed; None = the trial's
+    data_dir: str | None = None  # CIFAR-10 folder; None = $CIFAR10_DIR
+    device: str = "auto"
+    progress: bool | None = None  # per-epoch progress bar; None = when stderr is a TTY
+
+    def __post_init__(self) -> None:
+        if self.max_epochs < 1:
+            raise RetrainError(f"--max-epochs must be >= 1, got {self.max_epochs}")
+        if not 0 < self.target <= 1:
+            raise RetrainError(f"--target must be a test accuracy in (0, 1], got {self.target}")
+
+
+@dataclass(frozen=True)
+class RetrainPlan:
+    """Everything decided before training starts (printed by the CLI, checked by the tests)."""
+
+    study: optuna.Study
+    trial: FrozenTrial
+    spec: StudySpec  # rebuilt from the study's stored "study_file"
+    cfg: TrainConfig  # the trial's config with epochs = max_epochs (and the chosen seed)
+    data: DataConfig  # all training images, the full test set
+    target: float
+    out: Path
+    artifact_dir: Path
+    options: RetrainOptions
+
+    @property
+    def schedule_note(self) -> str:
+        return (f"schedule sized for --max-epochs {self.cfg.epochs} (epochs = {self.cfg.epochs}); the target "
+                f"{self.target:g} only stops training early and changes nothing in the schedule")
+
+    def describe(self) -> str:
+        value = f"{self.trial.value:.4f}" if self.trial.value is not None else "n/a"
+        resuming = self.options.resume and (self.out / "checkpoint.pt").exists()
+        return "\n".join([
+            f"retraining trial {self.trial.number} of study {self.study.study_name!r} (search val_acc {value}) "
+            f"on all training images, test accuracy after every epoch",
+            f"params: {self.trial.params}",
+            self.schedule_note,
+            f"run folder: {self.out}{' (resuming its checkpoint)' if resuming else ''}",
+        ])
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    status: str  # "reached" | "missed"
+    study: str
+    trial: int
+    target: float
+    max_epochs: int  # the schedule's length
+    epochs_run: int
+    epochs_to_target: int | None  # first epoch whose test accuracy reached the target
+    best_test_acc: float
+    best_epoch: int
+    final_test_acc: float
+    run_dir: str
+    seed: int
+    schedule: str
+    artifacts: dict[str, str] = field(default_factory=dict)  # file name -> optuna artifact id
+    artifact_dir: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        if self.status == "reached":
+            head = f"reached target {self.target:g} at epoch {self.epochs_to_target}"
+        else:
+            head = f"MISSED target {self.target:g}: not reached in {self.epochs_run} epochs"
+        return (f"{head} (test acc final {self.final_test_acc:.4f}, best {self.best_test_acc:.4f} at epoch "
+                f"{self.best_epoch}; {self.schedule})\nwrote {self.run_dir}; {len(self.artifacts)} artifacts in "
+                f"{self.artifact_dir}; study user_attr 'retrain' updated")
+
+
+def retrain_best(study_or_name: str, options: RetrainOptions = RetrainOptions(),
+                 report: Report | None = None) -> RetrainResult:
+    """Plan and run a retrain: see `prepare_retrain` and `run_retrain`."""
+    return run_retrain(prepare_retrain(study_or_name, options), report)
+
+
+def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions()) -> RetrainPlan:
+    """Find the study and trial, replay its config, and decide target, run folder and artifact store."""
+    study = open_study(study_or_name, options.storage)
+    raw = study.user_attrs.get("study_file")
+    if not isinstance(raw, dict):
+        raise RetrainError(f"study {study.study_name!r} has no 'study_file' user_attr: it was not created by "
+                           f"`hpo study start`, so its search space and base recipe are unknown")
+    spec = spec_from_dict(raw)
+    trial = pick_trial(study, options.trial)
+    cfg = replay_config(spec, trial)
+    seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
+    cfg = cfg.replace(epochs=options.max_epochs, seed=seed)
+    out = Path(options.out or Path("runs/retrain") / study.study_name / f"trial{trial.number}").resolve()
+    if not options.resume and (out / "checkpoint.pt").exists():
+        raise RetrainError(f"{out} already holds a retrain checkpoint: pass --resume to continue it, "
+                           f"or choose another --out")
+    artifact_dir = Path(study.user_attrs.get("artifact_dir") or spec.artifact_dir
+                        or Path("artifacts") / study.study_name).resolve()
+    return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
+                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options)
+
+
+def open_study(study_or_name: str, storage: str | None = None) -> optuna.Study:
+    """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`."""
+    if study_or_name.endswith(".toml") or Path(study_or_name).is_file():
+        spec = load_study_file(study_or_name, storage=storage)
+        name, url = spec.name, spec.storage
+    else:
+        name, url = study_or_name, storage or DEFAULT_STORAGE
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        # Opening would create an empty database: a typo in the path must not look like a missing study.
+        raise RetrainError(f"storage {display_url(url)}: database file {parsed.database} does not exist")
+    backend = open_storage(url)
+    names = optuna.get_all_study_names(backend)
+    if name not in names:
+        known = ", ".join(sorted(names)[:10]) or "none"
+        raise RetrainError(f"no study named {name!r} in {display_url(url)} (studies there: {known})")
+    return optuna.load_study(study_name=name, storage=backend)
+
+
+def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
+    """Trial `number`, which must be COMPLETE; None = the best trial."""
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    complete = [t for t in trials.values() if t.state == TrialState.COMPLETE]
+    if number is None:
+        if not complete:
+            raise RetrainError(f"study {study.study_name!r} has no COMPLETE trial to retrain")
+        return study.best_trial
+    if number not in trials:
+        last = f" (trials are 0..{max(trials)})" if trials else " (it has no trials)"
+        raise RetrainError(f"study {study.study_name!r} has no trial {number}{last}")
+    trial = trials[number]
+    if trial.state != TrialState.COMPLETE:
+        raise RetrainError(f"trial {number} of study {study.study_name!r} is {trial.state.name}, not COMPLETE: "
+                           f"only complete trials can be retrained")
+    return trial
+
+
+def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
+    """The search's own mapping applied to the trial's parameters, checked against what the trial trained."""
+    try:
+        cfg = suggest_config(spec.space, FixedTrial(trial.params, trial.number), spec.base)
+    except ValueError as e:  # FixedTrial: a searched parameter the trial never sampled (the space changed)
+        raise RetrainError(f"trial {trial.number}'s parameters do not replay in the study's space: {e}") from None
+    stored = trial.user_attrs.get("config")
+    if not isinstance(stored, dict):
+        raise RetrainError(f"trial {trial.number} has no 'config' user_attr to check the replayed config against")
+    replayed = {k: v for k, v in cfg.to_dict().items() if k not in REPLAY_FREE}
+    searched = {k: v for k, v in stored.items() if k not in REPLAY_FREE}
+    if replayed != searched:
+        diff = sorted(k for k in replayed.keys() | searched.keys() if replayed.get(k) != searched.get(k))
+        raise RetrainError(f"replaying trial {trial.number} does not give the config it trained (differs in: "
+                           f"{', '.join(diff)}); refusing to retrain something that was not searched")
+    return cfg
+
+
+def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResult:
+    """Train until the target or max epochs, write the run folder, upload it and record the outcome."""
+    plan.study.set_user_attr("retrain", {"status": "running", "trial": plan.trial.number, "target": plan.target,
+                                         "max_epochs": plan.cfg.epochs, "run_dir": str(plan.out),
+                                         "schedule": plan.schedule_note, "started": now_iso()})
+    history = train_until_target(plan, report)
+    result = _result(plan, history)
+    _finish_run_folder(plan, history, result)
+    artifacts = upload_run(plan)
+    result = RetrainResult(**{**result.to_dict(), "artifacts": artifacts, "artifact_dir": str(plan.artifact_dir)})
+    write_json_atomic(result.to_dict(), plan.out / "retrain.json")
+    plan.study.set_user_attr("retrain", {**result.to_dict(), "finished": now_iso()})
+    return result
+
+
+def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[dict[str, Any]]:
+    """The one training loop, stopped by `report` at the first epoch whose test accuracy reaches the target."""
+    checkpoint = plan.out / "checkpoint.pt"
+    if plan.options.resume and checkpoint.exists():
+        state = load_checkpoint(checkpoint)
+        if state.get("config") != plan.cfg.to_dict():
+            raise RetrainError(f"{checkpoint} was written for a different config (another trial, seed or "
+                               f"--max-epochs); refusing to resume it")
+        # Killed after the last epoch's checkpoint but before training returned: nothing is left to train.
+        if _is_done(state["history"], plan.target, plan.cfg.epochs):
+            save_best_weights(state, plan.out)
+            return list(state["history"])
+
+    def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:
+        save_best_weights(load_checkpoint(checkpoint), plan.out)  # the checkpoint of this epoch is on disk
+        if report is not None:
+            report(epoch, metrics)
+        return metrics["test_acc"] >= plan.target
+
+    opts = RunOptions(device=plan.options.device, checkpoint=checkpoint, resume=plan.options.resume,
+                      progress=plan.options.progress)
+    result, _ = train_to_dir(plan.cfg, plan.data, plan.out, data_dir=plan.options.data_dir, opts=opts,
+                             report=on_epoch, command=" ".join(sys.argv))
+    return result.history
+
+
+def _is_done(history: list[dict[str, Any]], target: float, epochs: int) -> bool:
+    return len(history) >= epochs or any(h["test_acc"] >= target for h in history)
+
+
+def eval_weights(state: dict[str, Any]) -> dict[str, Any]:
+    """The weights a checkpoint was evaluated with: the EMA's when the run used one, else the model's."""
+    if state.get("ema") is None:
+        return state["model"]
+    prefix = "module."  # torch.optim.swa_utils.AveragedModel keeps the averaged copy under .module
+    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
+
+
+def save_weights(state: dict[str, Any], path: Path) -> None:
+    """A deployable weights file: config + evaluated state_dict of the checkpoint's last epoch."""
+    last = state["history"][-1]
+    save_atomic({"format": WEIGHTS_FORMAT, "config": state["config"], "state_dict": eval_weights(state),
+                 "epoch": last["epoch"], "test_acc": last["test_acc"]}, path)
+
+
+def save_best_weights(state: dict[str, Any], out: Path) -> None:
+    """best.pt <- this checkpoint when its epoch has the highest test accuracy so far (first one on ties).
+
+    Called after every epoch, and again on resume, so a kill between checkpoint and best.pt loses nothing.
+    """
+    accs = [h["test_acc"] for h in state["history"]]
+    if accs and accs.index(max(accs)) == len(accs) - 1:
+        save_weights(state, out / "best.pt")
+
+
+def _result(plan: RetrainPlan, history: list[dict[str, Any]]) -> RetrainResult:
+    accs = [h["test_acc"] for h in history]
+    reached = [h["epoch"] for h in history if h["test_acc"] >= plan.target]
+    best = accs.index(max(accs))
+    return RetrainResult(
+        status="reached" if reached else "missed", study=plan.study.study_name, trial=plan.trial.number,
+        target=plan.target, max_epochs=plan.cfg.epochs, epochs_run=len(history),
+        epochs_to_target=reached[0] if reached else None, best_test_acc=accs[best],
+        best_epoch=history[best]["epoch"], final_test_acc=accs[-1], run_dir=str(plan.out), seed=plan.cfg.seed,
+        schedule=plan.schedule_note,
+    )
+
+
+def _finish_run_folder(plan: RetrainPlan, history: list[dict[str, Any]], result: RetrainResult) -> None:
+    """final.pt, metrics.json (+ the outcome), metrics.csv and the learning curve, from the final checkpoint."""
+    save_weights(load_checkpoint(plan.out / "checkpoint.pt"), plan.out / "final.pt")
+    metrics_path = plan.out / "metrics.json"
+    record = _read_json(metrics_path)
+    record.update(epochs=history, retrain={**result.to_dict(), "study": plan.study.study_name,
+                                           "trial_params": plan.trial.params, "trial_value": plan.trial.value})
+    write_json_atomic(record, metrics_path)
+    write_metrics_csv(history, plan.out / "metrics.csv")
+    write_learning_curve(history, plan.out / "learning_curve.html", target=plan.target, title=(
+        f"Retrain of trial {plan.trial.number} of {plan.study.study_name}: {result.status} target "
+        f"{plan.target:g} ({plan.schedule_note})"))
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
+    columns = list(dict.fromkeys(k for h in history for k in h))  # first-seen order, epoch first
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)
+    os.replace(tmp, path)
+
+
+def write_learning_curve(history: list[dict[str, Any]], path: Path, *, target: float, title: str) -> None:
+    """Accuracy and loss per epoch as one self-contained HTML file (plotly.js inlined: works offline)."""
+    from plotly.subplots import make_subplots  # plotly is only needed here
+
+    epochs = [h["epoch"] for h in history]
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss"))
+    for col, metric in ((1, "acc"), (2, "loss")):
+        for split, dash in (("train", "dot"), ("test", "solid")):
+            fig.add_scatter(x=epochs, y=[h[f"{split}_{metric}"] for h in history], name=f"{split}_{metric}",
+                            mode="lines+markers", line={"dash": dash}, row=1, col=col)
+    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}", row=1, col=1)
+    fig.update_xaxes(title_text="epoch")
+    fig.update_layout(title={"text": title, "font": {"size": 13}}, template="plotly_white")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    os.replace(tmp, path)
+
+
+def upload_run(plan: RetrainPlan) -> dict[str, str]:
+    """Upload the run's files to the study's artifact store; returns {artifact file name: artifact id}.
+
+    Artifacts go on the study, not on the trial: optuna (and optuna-dashboard) refuse to attach anything to a
+    finished trial, and the trial being retrained is COMPLETE. Names carry the trial number instead.
+    """
+    plan.artifact_dir.mkdir(parents=True, exist_ok=True)
+    store = FileSystemArtifactStore(plan.artifact_dir)
+    ids = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ARTIFACT_FILES:
+            # upload_artifact names the artifact after the file, so stage a copy under the public name.
+            staged = Path(tmp) / f"retrain-trial{plan.trial.number}-{name}"
+            shutil.copyfile(plan.out / name, staged)
+            ids[staged.name] = upload_artifact(artifact_store=store, file_path=str(staged), study_or_trial=plan.study)
+    return ids
+
