@@ -1,0 +1,98 @@
+"""Exported models (ONNX, TorchScript) compute what PyTorch computes, preprocessing and TTA included."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from cifarnet.data import load_cifar10, make_splits
+from cifarnet.train import RunOptions, evaluate, load_checkpoint, train
+from hpo.export import TOLERANCE, ExportError, export_model, load_run_model
+from hpo.retrain import save_weights
+from tests.conftest import TINY_DATA, TINY_TRAIN
+
+HPO = str(Path(sys.executable).parent / "hpo")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI in a subprocess: one thread too, see one_thread
+RECIPES = {
+    "plain": TINY_TRAIN.replace(epochs=1),
+    # EMA weights and mirror TTA: the exported graph must carry both to score what training reported.
+    "ema+tta": TINY_TRAIN.replace(epochs=1, ema_decay=0.9, tta_flip=True),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models on shared cores: one thread is ~10x faster than two threads fighting other processes."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def runs(tiny_cifar, tmp_path_factory) -> dict[str, Path]:
+    """Run folders as `hpo retrain` leaves them (best.pt), one per recipe, from one epoch on the tiny set."""
+    splits = make_splits(load_cifar10(tiny_cifar), TINY_DATA)
+    folders = {}
+    for name, cfg in RECIPES.items():
+        out = folders[name] = tmp_path_factory.mktemp(f"run-{name}")
+        train(cfg, splits, opts=RunOptions(device="cpu", checkpoint=out / "checkpoint.pt", progress=False))
+        save_weights(load_checkpoint(out / "checkpoint.pt"), out / "best.pt")
+    return folders
+
+
+@pytest.mark.parametrize("recipe", list(RECIPES))
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+def test_export_matches_pytorch_on_test_images(runs, recipe, fmt, tiny_cifar):
+    run_dir = runs[recipe]
+    result = export_model(run_dir, fmt, data_dir=str(tiny_cifar))
+    assert result.path.is_file() and result.batch == 60 and "test set" in result.batch_source
+    assert result.max_abs_diff < TOLERANCE == 1e-4
+    sidecar = json.loads(result.path.with_name(result.path.name + ".json").read_text())
+    assert sidecar["max_abs_diff"] == result.max_abs_diff and sidecar["output"] == "(B, 10) log-probabilities"
+
+    # The deployable model scores the test set exactly as training's own evaluation does.
+    model, cfg, _ = load_run_model(run_dir)
+    test = load_cifar10(tiny_cifar).test
+    expected = evaluate(model, test, "cpu", tta_flip=cfg.tta_flip, channels_last=False)["acc"]
+    logp = _run_exported(result.path, fmt, test.images)
+    assert logp.shape == (60, 10) and np.isfinite(logp).all()
+    assert (logp.argmax(1) == test.labels.numpy()).mean() == pytest.approx(expected)
+
+
+def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
+    if fmt == "onnx":
+        import onnxruntime as ort
+
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return session.run(None, {"images": images.numpy()})[0]
+    with pytest.warns(FutureWarning, match="deprecated"):  # TorchScript is, upstream
+        model = torch.jit.load(str(path))
+    with torch.no_grad():
+        return model(images).numpy()
+
+
+def test_export_refuses_a_folder_without_weights(tmp_path):
+    with pytest.raises(ExportError, match="best.pt not found"):
+        export_model(tmp_path, "onnx")
+    with pytest.raises(ExportError, match="--format must be one of onnx, torchscript"):
+        export_model(tmp_path, "tflite")
+
+
+def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path):
+    out = tmp_path / "model.pt"
+    env = {k: v for k, v in ENV.items() if k != "CIFAR10_DIR"}  # no data folder: random check images
+    r = subprocess.run([HPO, "export", str(runs["ema+tta"]), "--format", "torchscript", "--out", str(out)],
+                       capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert out.is_file() and "seeded random images" in r.stdout and "(tolerance 0.0001): OK" in r.stdout
+    bad = subprocess.run([HPO, "export", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
+                         env=ENV)
+    assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
