@@ -231,8 +231,8 @@ def _check_space(space: SearchSpace, base: TrainConfig) -> None:
             try:
                 apply_params(base, {name: value})
             except ConfigError as e:
-                raise StudyFileError(f"[space] {name} = {value!r} {str(e).removeprefix('searched values ')}") \
-                    from None
+                detail = str(e).removeprefix("searched values give an invalid config: ")
+                raise StudyFileError(f"[space] {name}: {value!r} is not a valid training value ({detail})") from None
 
 
 def _artifact_dir(study: dict[str, Any]) -> Path:
