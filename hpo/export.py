@@ -46,7 +46,7 @@ class ExportResult:
     max_abs_diff: float  # max |log-prob(exported) - log-prob(PyTorch)| on the check batch
     tolerance: float
     batch: int  # images in the check batch
-    batch_source: str  # "CIFAR-10 test set (<dir>)" or "seeded random images"
+    batch_source: str  # "CIFAR-10 test images (<dir>)" or "seeded random images"
 
 
 class DeployModel(nn.Module):
@@ -84,7 +84,7 @@ def check_batch(data_dir: str | None, n: int, seed: int = 0) -> tuple[torch.Tens
     """The first `n` CIFAR-10 test images when a data folder is known, else seeded random images."""
     if data_dir is not None or os.environ.get("CIFAR10_DIR"):
         test = load_cifar10(data_dir).test
-        return test.images[:n], f"CIFAR-10 test set ({data_dir or os.environ['CIFAR10_DIR']})"
+        return test.images[:n], f"CIFAR-10 test images ({data_dir or os.environ['CIFAR10_DIR']})"
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=gen), "seeded random images"
 

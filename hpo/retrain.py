@@ -238,9 +238,9 @@ def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[
         if state.get("config") != plan.cfg.to_dict():
             raise RetrainError(f"{checkpoint} was written for a different config (another trial, seed or "
                                f"--max-epochs); refusing to resume it")
+        save_best_weights(state, plan.out)  # in case the kill fell between the checkpoint and best.pt
         # Killed after the last epoch's checkpoint but before training returned: nothing is left to train.
         if _is_done(state["history"], plan.target, plan.cfg.epochs):
-            save_best_weights(state, plan.out)
             return list(state["history"])
 
     def on_epoch(epoch: int, metrics: dict[str, Any]) -> bool:

@@ -53,7 +53,7 @@ def runs(tiny_cifar, tmp_path_factory) -> dict[str, Path]:
 def test_export_matches_pytorch_on_test_images(runs, recipe, fmt, tiny_cifar):
     run_dir = runs[recipe]
     result = export_model(run_dir, fmt, data_dir=str(tiny_cifar))
-    assert result.path.is_file() and result.batch == 60 and "test set" in result.batch_source
+    assert result.path.is_file() and result.batch == 60 and "CIFAR-10 test images" in result.batch_source
     assert result.max_abs_diff < TOLERANCE == 1e-4
     sidecar = json.loads(result.path.with_name(result.path.name + ".json").read_text())
     assert sidecar["max_abs_diff"] == result.max_abs_diff and sidecar["output"] == "(B, 10) log-probabilities"

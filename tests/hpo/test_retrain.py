@@ -1,7 +1,8 @@
 """Retraining a study's trial: exact config replay, stop at target, resume after a kill, artifacts, CLI errors.
 
-The study under test is built with plain optuna on a real database, trials carrying the conventional user_attrs
-(config from hpo.space.suggest_config, exactly as the objective writes it) and the study's "study_file".
+The study under test is a real one, run by the study service (`hpo.worker.start_study`, what `hpo study start`
+calls) on the tiny CIFAR set: its trials carry the user_attrs the objective writes and the study its
+"study_file", so retrain is tested against exactly what a search leaves in storage.
 """
 
 from __future__ import annotations
@@ -16,19 +17,53 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from cifarnet.config import TrainConfig, load_run_file
 from cifarnet.train import load_checkpoint
 from hpo.retrain import RetrainError, RetrainOptions, prepare_retrain, retrain_best
-from hpo.space import suggest_config
-from hpo.storage import open_storage
-from hpo.studyfile import spec_from_dict
-from tests.conftest import TINY_TRAIN
+from hpo.studyfile import load_study_file
+from hpo.worker import WorkerOptions, start_study
 
 HPO = str(Path(sys.executable).parent / "hpo")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI in a subprocess: one thread too, see one_thread
 TIMING_KEYS = ("train_time_s", "eval_time_s", "images_per_s")  # the only metrics allowed to differ between runs
-VALUES = {0: 0.31, 1: 0.42, 2: 0.37}  # search values of the COMPLETE trials: trial 1 is the best
+N_TRIALS = 4
+# max_params sits between width4 = 8 and 12: every trial with width4 = 12 is rejected before training, and so is
+# trial 0 (the original CifarNet's width4 = 128 moves to the nearest choice, 12): real PRUNED trials.
+STUDY_TOML = """
+[study]
+name = "{name}"
+storage = "{url}"
+trials = {n_trials}
+artifact_dir = "{root}/artifacts"
+max_params = 4000
+
+[sampler]
+kind = "random"
+seed = 3
+
+[pruner]
+kind = "none"
+
+[budget]
+epochs = 2
+train_size = 100
+val_size = 40
+
+[train]
+batch_size = 32
+lr = 0.05
+channels_last = false
+
+[train.model]
+widths = [4, 8, 8, 8]
+
+[space]
+lr = {{ low = 0.02, high = 0.2, log = true }}
+width4 = {{ choices = [8, 12] }}
+label_smoothing = {{ low = 0.0, high = 0.1 }}
+"""
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -40,42 +75,21 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-def make_study(url: str, name: str, root: Path) -> optuna.Study:
-    """Trials 0-2 COMPLETE, 3 PRUNED, 4 FAIL; user_attrs as the objective writes them (no training here)."""
-    raw = {
-        "study": {"name": name, "storage": url, "trials": 5, "artifact_dir": str(root / "artifacts")},
-        "budget": {"epochs": 2, "val_size": 40},
-        "train": {k: v for k, v in TINY_TRAIN.to_dict().items() if k != "epochs"},
-        "space": {"lr": {"low": 0.02, "high": 0.2, "log": True}, "width4": {"choices": [8, 12]},
-                  "label_smoothing": {"low": 0.0, "high": 0.1}},
-    }
-    spec = spec_from_dict(raw)
-    study = optuna.create_study(study_name=name, storage=open_storage(url), direction="maximize",
-                                sampler=optuna.samplers.RandomSampler(seed=0))
-    study.set_user_attr("study_file", spec.raw)
-    study.set_user_attr("artifact_dir", spec.artifact_dir)
-
-    def objective(trial: optuna.Trial) -> float:
-        cfg = suggest_config(spec.space, trial, spec.base)
-        trial.set_user_attr("config", cfg.to_dict())
-        trial.set_user_attr("data", spec.data.__dict__)
-        if trial.number == 3:
-            trial.set_user_attr("pruned_at_epoch", 1)
-            raise optuna.TrialPruned()
-        if trial.number == 4:
-            trial.set_user_attr("fail_reason", "RuntimeError: boom")
-            raise RuntimeError("boom")
-        return VALUES[trial.number]
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study.optimize(objective, n_trials=5, catch=(RuntimeError,))
+def make_study(url: str, name: str, root: Path, data: Path) -> optuna.Study:
+    """Run a real study of N_TRIALS trials (2 epochs each on the tiny set) through the study service."""
+    path = root / f"{name}.toml"
+    path.write_text(STUDY_TOML.format(name=name, url=url, n_trials=N_TRIALS, root=root))
+    start_study(load_study_file(path), WorkerOptions(data_dir=str(data), device="cpu", threads=1))
+    study = optuna.load_study(study_name=name, storage=url)
+    states = [t.state for t in study.trials]
+    assert states[0] == TrialState.PRUNED and states.count(TrialState.COMPLETE) >= 2, states
     return study
 
 
 @pytest.fixture
-def sqlite_study(tmp_path, study_name) -> tuple[optuna.Study, str]:
+def sqlite_study(tmp_path, study_name, tiny_cifar) -> tuple[optuna.Study, str]:
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    return make_study(url, study_name, tmp_path), url
+    return make_study(url, study_name, tmp_path, tiny_cifar), url
 
 
 def _options(url: str, data: Path, out: Path, **kw) -> RetrainOptions:
@@ -88,26 +102,30 @@ def _comparable(history: list[dict]) -> list[dict]:
 
 def test_replay_gives_the_searched_config_with_only_epochs_and_seed_changed(sqlite_study, tiny_cifar, tmp_path):
     study, url = sqlite_study
-    trial = study.trials[2]  # not the best: an explicitly chosen trial
-    plan = prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=2, max_epochs=7))
+    best = study.best_trial.number
+    trial = next(t for t in study.trials if t.state == TrialState.COMPLETE and t.number != best)  # a chosen one
+    plan = prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=trial.number,
+                                                      max_epochs=7))
     stored = TrainConfig.from_dict(trial.user_attrs["config"])
-    assert plan.trial.number == 2
+    assert plan.trial.number == trial.number
     assert plan.cfg.epochs == 7  # the schedule is sized for --max-epochs
     assert plan.cfg.replace(epochs=stored.epochs) == stored
     assert plan.cfg.lr == trial.params["lr"] and plan.cfg.model.widths[3] == trial.params["width4"]
     assert plan.data.val_size == 0 and plan.data.test_size is None and plan.data.train_size is None
-    assert prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "r2")).trial.number == 1  # best
+    assert prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "r2")).trial.number == best
     assert prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "r3", seed=5)).cfg.seed == 5
+    by_file = prepare_retrain(str(tmp_path / f"{study.study_name}.toml"), RetrainOptions(out=tmp_path / "r4"))
+    assert (by_file.study.study_name, by_file.trial.number) == (study.study_name, best)  # a studies/*.toml path
 
 
 def test_replay_refuses_a_trial_whose_stored_config_differs(sqlite_study, tiny_cifar, tmp_path):
     study, url = sqlite_study
-    good = study.trials[0]
+    good = study.best_trial
     tampered = {**good.user_attrs["config"], "weight_decay": 0.01}
     study.add_trial(optuna.trial.create_trial(params=good.params, distributions=good.distributions, value=0.1,
                                               user_attrs={"config": tampered}))
     with pytest.raises(RetrainError, match="differs in: weight_decay"):
-        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=5))
+        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS))
 
 
 def test_stops_at_first_epoch_reaching_target_and_writes_the_run_folder(sqlite_study, tiny_cifar, tmp_path):
@@ -116,7 +134,7 @@ def test_stops_at_first_epoch_reaching_target_and_writes_the_run_folder(sqlite_s
     result = retrain_best(study.study_name, _options(url, tiny_cifar, out, target=0.25, max_epochs=10))
     history = json.loads((out / "metrics.json").read_text())["epochs"]
     accs = [h["test_acc"] for h in history]
-    assert result.status == "reached" and result.trial == 1
+    assert result.status == "reached" and result.trial == study.best_trial.number
     assert result.epochs_to_target == result.epochs_run == len(history) < 10
     assert accs[-1] >= 0.25 and all(a < 0.25 for a in accs[:-1])
     cfg, data = load_run_file(out / "config.toml")
@@ -170,32 +188,32 @@ def _assert_same_run(a: Path, b: Path) -> None:
 
 
 def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, tiny_cifar, tmp_path):
-    make_study(storage_url, study_name, tmp_path)
+    best = make_study(storage_url, study_name, tmp_path, tiny_cifar).best_trial.number
     out = tmp_path / "run"
     result = retrain_best(study_name, _options(storage_url, tiny_cifar, out, target=1.0, max_epochs=2))
     assert result.status == "missed" and result.epochs_to_target is None and result.epochs_run == 2
     assert "MISSED" in result.summary()
     study = optuna.load_study(study_name=study_name, storage=storage_url)
     record = study.user_attrs["retrain"]
-    assert record["status"] == "missed" and record["trial"] == 1 and record["run_dir"] == str(out.resolve())
+    assert record["status"] == "missed" and record["trial"] == best and record["run_dir"] == str(out.resolve())
     assert record["epochs_to_target"] is None and record["epochs_run"] == 2
     assert record["best_test_acc"] == result.best_test_acc and record["final_test_acc"] == result.final_test_acc
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
     metas = {m.filename: m for m in optuna.artifacts.get_all_artifact_meta(study)}
     assert set(metas) == set(record["artifacts"]) == {
-        f"retrain-trial1-{n}" for n in ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv",
+        f"retrain-trial{best}-{n}" for n in ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv",
                                         "learning_curve.html")}
     for filename, meta in metas.items():
         assert record["artifacts"][filename] == meta.artifact_id
         copy = tmp_path / "download" / filename
         copy.parent.mkdir(exist_ok=True)
         optuna.artifacts.download_artifact(artifact_store=store, artifact_id=meta.artifact_id, file_path=str(copy))
-        assert copy.read_bytes() == (out / filename.removeprefix("retrain-trial1-")).read_bytes()
+        assert copy.read_bytes() == (out / filename.removeprefix(f"retrain-trial{best}-")).read_bytes()
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--trial", "99"], "has no trial 99 (trials are 0..4)"),
-    (["--trial", "3"], "trial 3 of study '{name}' is PRUNED, not COMPLETE"),
+    (["--trial", "99"], f"has no trial 99 (trials are 0..{N_TRIALS - 1})"),
+    (["--trial", "0"], "trial 0 of study '{name}' is PRUNED, not COMPLETE"),
     ([], "no study named 'no-such-study'"),
 ])
 def test_cli_bad_input_is_one_clear_line(sqlite_study, tiny_cifar, tmp_path, extra, message):
