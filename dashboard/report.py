@@ -19,7 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from dashboard.studies import load_study, open_existing_storage, resolve_target
 
-# fANOVA fits a random forest on the complete trials; with fewer than this it ranks noise, so we say so instead.
+# PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
+# with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
 MIN_TRIALS_FOR_IMPORTANCE = 4
 BASELINE_MARKER = dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))
 STATE_STYLE = {  # how each kind of trial is drawn in the curve chart: (colour, dash, legend label)
@@ -123,14 +124,14 @@ def importance_section(study: optuna.Study, trials: list[FrozenTrial]) -> Sectio
     if n < MIN_TRIALS_FOR_IMPORTANCE:
         return Section("importance", title, None,
                        f"Not enough complete trials for parameter importances: {n} complete, "
-                       f"at least {MIN_TRIALS_FOR_IMPORTANCE} needed (fANOVA would rank noise).")
+                       f"at least {MIN_TRIALS_FOR_IMPORTANCE} needed for a ranking that is not noise.")
     try:
         fig = optuna.visualization.plot_param_importances(
-            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
     except (RuntimeError, ValueError) as e:  # e.g. every complete trial has the same parameters
         return Section("importance", title, None, f"Parameter importances could not be computed: {e}")
     fig.update_layout(title=None)
-    return Section("importance", title, fig, f"fANOVA over {n} complete trials (seed 0).")
+    return Section("importance", title, fig, f"PED-ANOVA over {n} complete trials (the top 10% against all).")
 
 
 def parallel_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:

@@ -30,7 +30,10 @@ CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver"
 # No sandbox (root in a container), no GPU, and nothing that phones home: this machine has no internet.
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage")
-CHART_SELECTOR = ".plotly svg.main-svg"  # plotly draws every chart (dashboard and report) into these
+# Plotly (used by both the dashboard and the report) marks each chart's div .js-plotly-plot and draws it into
+# svg.main-svg; a chart counts as drawn once that svg exists.
+COUNT_CHARTS_JS = ("return [...document.querySelectorAll('.js-plotly-plot')]"
+                   ".filter(e => e.querySelector('svg.main-svg')).length")
 HPO = Path(sys.executable).with_name("hpo")
 
 
@@ -120,7 +123,7 @@ def wait_for_charts(driver, text: str, min_charts: int, timeout: float = 60) -> 
     from selenium.webdriver.support.ui import WebDriverWait
 
     def ready(d) -> int | bool:
-        n = len(d.find_elements(By.CSS_SELECTOR, CHART_SELECTOR))
+        n = d.execute_script(COUNT_CHARTS_JS)
         return n if n >= min_charts and text in d.find_element(By.TAG_NAME, "body").text else False
 
     count = WebDriverWait(driver, timeout, poll_frequency=0.5).until(ready)

@@ -1,0 +1,68 @@
+"""Headless Chromium opens the real dashboard and the report: the study is named, the charts draw, the
+trial notes and learning-curve images show, and the screenshots are not blank."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from PIL import Image
+
+from dashboard.report import write_report
+from dashboard.screenshot import chromium, running_dashboard, screenshot_dashboard, screenshot_report, study_id
+
+import optuna
+
+MIN_COLOURS = 200  # a blank or error page has a handful; charts, text antialiasing and markers have thousands
+
+
+def _colours(png) -> int:
+    return len(Image.open(png).convert("RGB").getcolors(maxcolors=1 << 24))
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with chromium(1400, 1000) as driver:
+        yield driver
+
+
+@pytest.fixture(scope="module")
+def dashboard_url(demo_study):
+    with running_dashboard(["--storage", demo_study.storage]) as dash:
+        yield dash.url
+    assert dash.proc.returncode == 0  # stopped by SIGINT, cleanly
+
+
+def test_study_page_names_the_study_and_draws_charts(browser, dashboard_url, demo_study, tmp_path):
+    png = tmp_path / "dashboard.png"
+    charts = screenshot_dashboard(browser, dashboard_url, demo_study.name, png, min_charts=2)
+    assert charts >= 2
+    assert f"{demo_study.name} (id=" in browser.find_element("tag name", "header").text
+    assert _colours(png) > MIN_COLOURS
+
+
+def test_trial_page_shows_the_note_and_the_curve_image(browser, dashboard_url, demo_study):
+    browser.get(f"{dashboard_url}/dashboard/studies/{study_id(dashboard_url, demo_study.name)}/trials")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        images = [i for i in browser.find_elements("tag name", "img") if "/artifacts/" in (i.get_attribute("src") or "")]
+        loaded = [i for i in images if browser.execute_script("return arguments[0].naturalWidth", i) > 0]
+        if loaded and "Trial 0: complete (seed baseline" in browser.find_element("tag name", "body").text:
+            break
+        time.sleep(0.5)
+    else:
+        pytest.fail("the trial page never showed trial 0's note and a loaded learning-curve image")
+    assert browser.execute_script("return arguments[0].naturalWidth", loaded[0]) == 520  # curve_svg's width
+
+
+def test_report_page_draws_every_chart(browser, demo_study, tmp_path):
+    study = optuna.load_study(study_name=demo_study.name, storage=demo_study.storage)
+    report = write_report(study, tmp_path / "report.html")
+    png = tmp_path / "report.png"
+    browser.set_window_size(1200, 1000)
+    charts = screenshot_report(browser, report, png, min_charts=6)
+    assert charts == 6  # history, curves, importances, parallel coordinates, size vs accuracy, retrain
+    assert browser.title == f"Study {demo_study.name}"
+    traces = browser.execute_script("return document.querySelectorAll('#fig-curves .scatterlayer .trace').length")
+    assert traces >= len(study.trials) - sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
+    assert _colours(png) > MIN_COLOURS
