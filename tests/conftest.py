@@ -12,10 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import torch
+
 from cifarnet.config import DataConfig, ModelConfig, TrainConfig
+
+torch.set_num_threads(1)
 
 # The installed `hpo` and `optuna` commands live beside this interpreter (a venv that may not be activated).
 os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+# Tiny models train faster on one thread, and subprocesses (the CLI) inherit the setting.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REAL_CIFAR = Path(os.environ.get("CIFAR10_DIR", Path(__file__).resolve().parents[2] / "shared/data/cifar10"))
 POSTGRES_URL = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
