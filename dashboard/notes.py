@@ -3,7 +3,8 @@
 `annotate_trial(study, trial, artifact_store)` is what the study service calls once per trial: from the
 objective with the live `optuna.Trial` (e.g. in a `finally:` after the conventional user_attrs are set), or as a
 `study.optimize` callback with the finished `FrozenTrial` (`functools.partial(annotate_trial,
-artifact_store=store)`). It reads only the trial's user_attrs (conventions in the team brief).
+artifact_store=store)`; preferred: the final state is known, so "pruned" and "failed" are exact).
+It reads only the trial's user_attrs (conventions in the team brief). `annotate_study` backfills a study.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ import optuna
 import optuna_dashboard
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
+# Private, but the only way to write a finished trial's note (the public save_note() needs a live Trial).
+from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
 from dashboard.chart import curve_svg
 
@@ -46,16 +49,35 @@ def annotate_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial,
         return [_upload(study, trial, frozen, artifact_store, path) for path in (svg, table)]
 
 
+def annotate_study(study: optuna.Study, artifact_store: Any | None = None) -> list[int]:
+    """Annotate every finished trial that has no note yet (a study run before annotation was wired in);
+    the numbers of the trials annotated."""
+    notes = study._storage.get_study_system_attrs(study._study_id)
+    todo = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+            and not get_note_from_system_attrs(notes, t._trial_id)["body"]]
+    for t in todo:
+        annotate_trial(study, t, artifact_store)
+    return [t.number for t in todo]
+
+
 def outcome(trial: FrozenTrial) -> str:
-    """One phrase for the trial's fate; a live trial is judged from the user_attrs the objective set."""
+    """One phrase for the trial's fate, e.g. "complete", "pruned at epoch 2", "pruned before training"."""
+    attrs, state = trial.user_attrs, _state(trial)
+    if state == TrialState.PRUNED:
+        return f"pruned at epoch {attrs['pruned_at_epoch']}" if "pruned_at_epoch" in attrs else "pruned before training"
+    return "failed" if state == TrialState.FAIL else state.name.lower()
+
+
+def _state(trial: FrozenTrial) -> TrialState:
+    """The final state; for a live trial (annotated from inside the objective) what its user_attrs imply."""
+    if trial.state.is_finished():
+        return trial.state
     attrs = trial.user_attrs
-    if trial.state == TrialState.FAIL or "fail_reason" in attrs:
-        return "failed"
-    if trial.state == TrialState.PRUNED or "pruned_at_epoch" in attrs:
-        return f"pruned at epoch {attrs.get('pruned_at_epoch', '?')}"
-    if trial.state == TrialState.COMPLETE or attrs.get("curve"):
-        return "complete"
-    return trial.state.name.lower()
+    if "pruned_at_epoch" in attrs:
+        return TrialState.PRUNED
+    if "fail_reason" in attrs:
+        return TrialState.FAIL
+    return TrialState.COMPLETE if attrs.get("curve") else trial.state
 
 
 def format_note(trial: FrozenTrial, others: list[FrozenTrial] = ()) -> str:
@@ -64,8 +86,10 @@ def format_note(trial: FrozenTrial, others: list[FrozenTrial] = ()) -> str:
     title = f"## Trial {trial.number}: {outcome(trial)}"
     if attrs.get("seed_baseline"):
         title += " (seed baseline: the original CifarNet)"
-    lines = [title, "", _why(trial, others), "", "| | |", "|---|---|"]
-    lines += [f"| {k} | {v} |" for k, v in _facts(trial).items()]
+    lines = [title, "", _why(trial, others)]
+    facts = _facts(trial)
+    if facts:
+        lines += ["", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in facts.items()]
     if trial.params:
         lines += ["", "### Searched parameters", "", "| parameter | value |", "|---|---|"]
         lines += [f"| {k} | {_fmt(v)} |" for k, v in sorted(trial.params.items())]
@@ -75,17 +99,21 @@ def format_note(trial: FrozenTrial, others: list[FrozenTrial] = ()) -> str:
 
 
 def _why(trial: FrozenTrial, others: list[FrozenTrial]) -> str:
-    attrs, curve = trial.user_attrs, trial.user_attrs.get("curve") or []
+    attrs, curve, state = trial.user_attrs, trial.user_attrs.get("curve") or [], _state(trial)
     epochs = (attrs.get("config") or {}).get("epochs", "?")
-    if "fail_reason" in attrs or trial.state == TrialState.FAIL:
-        return f"**Failed:** {attrs.get('fail_reason', 'no reason recorded')}"
-    if "pruned_at_epoch" in attrs:
+    reason = attrs.get("fail_reason")
+    if state == TrialState.FAIL:
+        return f"**Failed:** {reason or 'no reason recorded'}"
+    if state == TrialState.PRUNED and "pruned_at_epoch" not in attrs:
+        return f"**Pruned before training:** {reason or 'no reason recorded'}"
+    if state == TrialState.PRUNED:
         epoch = attrs["pruned_at_epoch"]
         value = trial.intermediate_values.get(epoch, curve[-1]["val_acc"] if curve else float("nan"))
         peers = [t.intermediate_values[epoch] for t in others if epoch in t.intermediate_values]
         context = (f"; the {len(peers)} other finished trials that reached epoch {epoch} had median "
                    f"{statistics.median(peers):.4f} and best {max(peers):.4f} there") if peers else ""
-        return f"**Pruned** at epoch {epoch} of {epochs}: val_acc {value:.4f}{context}."
+        return f"**Pruned** at epoch {epoch} of {epochs}: val_acc {value:.4f}{context}." + (
+            f" Reason: {reason}." if reason else "")
     if curve:
         best = max(curve, key=lambda m: m["val_acc"])
         return (f"**Best val_acc {best['val_acc']:.4f}** at epoch {best['epoch']} "
@@ -147,8 +175,6 @@ def _save_note(study: optuna.Study, trial: optuna.Trial | FrozenTrial, frozen: F
         return
     # save_note() wants a live Trial; notes are study system attrs, so a finished trial takes the same
     # versioned write the dashboard's own note editor uses.
-    from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
-
     attrs = study._storage.get_study_system_attrs(study._study_id)
     version = get_note_from_system_attrs(attrs, frozen._trial_id)["version"] + 1
     save_note_with_version(study._storage, study._study_id, frozen._trial_id, version, body)

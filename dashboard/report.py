@@ -112,10 +112,12 @@ def curves_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
     target = study.user_attrs.get("target_accuracy")
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
-    fig.update_layout(xaxis_title="epoch", yaxis_title="val_acc")
-    n_pruned = sum(t.state == TrialState.PRUNED for t in trials)
+    fig.update_layout(xaxis_title="epoch", yaxis_title="val_acc", xaxis_dtick=1)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    drawn = sum(bool(t.intermediate_values) for t in pruned)
+    unseen = f"; {len(pruned) - drawn} were pruned before training (no curve)" if len(pruned) > drawn else ""
     return Section("curves", "Validation accuracy per epoch", fig,
-                   f"One line per trial; {n_pruned} pruned trial(s) end in a red x where the pruner stopped them.")
+                   f"One line per trial; {drawn} pruned trial(s) end in a red x where the pruner stopped them{unseen}.")
 
 
 def importance_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
@@ -180,8 +182,8 @@ def retrain_section(study: optuna.Study) -> Section:
     info = study.user_attrs.get("retrain")
     if not info:
         return Section("retrain", title, None, "No retrain recorded for this study yet (run `hpo retrain`).")
-    summary = ", ".join(f"{k} {v}" for k, v in info.items()
-                        if k in ("status", "trial", "epochs_to_target", "best_test_acc", "final_test_acc"))
+    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
+                        if k in ("status", "trial", "target", "epochs_to_target", "best_test_acc", "final_test_acc"))
     metrics = Path(str(info.get("run_dir", ""))) / "metrics.json"
     try:
         epochs = json.loads(metrics.read_text())["epochs"]
@@ -192,10 +194,10 @@ def retrain_section(study: optuna.Study) -> Section:
         if any(key in m for m in epochs):
             fig.add_trace(go.Scatter(x=[m["epoch"] for m in epochs if key in m], y=[m[key] for m in epochs if key in m],
                                      mode="lines+markers", name=key, line=dict(color=colour)))
-    target = study.user_attrs.get("target_accuracy")
+    target = info.get("target", study.user_attrs.get("target_accuracy"))  # retrain's own test-accuracy target
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
-    fig.update_layout(xaxis_title="epoch", yaxis_title="accuracy")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="accuracy", xaxis_dtick=1)
     return Section("retrain", title, fig, f"Retrain: {summary} ({metrics}).")
 
 

@@ -144,7 +144,8 @@ def screenshot_report(driver, report_html: Path, png: Path, min_charts: int = 3)
     driver.get(Path(report_html).resolve().as_uri())
     count = wait_for_charts(driver, "Study ", min_charts)
     height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(driver.get_window_size()["width"], min(int(height) + 40, 12000))
+    # The window is taller than its viewport by the (headless) browser frame; 200 px covers it.
+    driver.set_window_size(driver.get_window_size()["width"], min(int(height) + 200, 12000))
     time.sleep(0.5)
     driver.save_screenshot(str(png))
     return count

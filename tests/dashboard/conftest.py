@@ -1,32 +1,28 @@
-"""A real study on a real SQLite file for the dashboard tests: CifarNet trials trained on the tiny CIFAR
-fixture with the conventional user_attrs, notes and learning-curve artifacts, plus a real retrain run.
-
-Interim: runs the trials with plain optuna until `hpo study start` lands; then it calls that instead."""
+"""A real study on a real SQLite file for the dashboard tests: `hpo study start studies/smoke.toml` on the tiny
+CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated with
+notes and learning-curve artifacts, and a real `hpo retrain` of the best trial."""
 
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import optuna
 import pytest
-import torch
 from optuna.artifacts import FileSystemArtifactStore
 
-from cifarnet.config import DataConfig
-from cifarnet.data import load_cifar10, make_splits
-from cifarnet.model import model_stats
-from cifarnet.run import train_to_dir
-from cifarnet.train import RunOptions, train
-from dashboard.notes import annotate_trial
-from hpo.space import contains, seed_params, suggest_config
-from hpo.storage import open_storage
+from dashboard.notes import annotate_study
 from hpo.studyfile import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "studies/smoke.toml"
-EPOCHS = 5  # enough for the tiny set's colours to be learned, so trials differ and the pruner acts
-MAX_PARAMS = 12_000  # below the widest corner of smoke's space, so a wide config is rejected (a failed trial)
+HPO = str(Path(sys.executable).with_name("hpo"))
+N_TRIALS = 12  # more than smoke's 6: enough complete trials (>= 4) for the importance chart, and pruned ones
+PRUNER_STARTUP = 5  # smoke's median pruner waits for 2 complete trials; 5 lets the first few finish
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,71 +31,39 @@ class DemoStudy:
     storage: str  # sqlite URL of the study database
     artifact_dir: Path
     db: Path
+    study_file: Path  # the study TOML it was started from (its storage is `storage`)
 
 
-def _objective(spec, splits, store):
-    def objective(trial: optuna.Trial) -> float:
-        cfg = suggest_config(spec.space, trial, spec.base)
-        stats = model_stats(cfg.model)
-        for key, value in {"config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
-                           "macs": stats.macs, "receptive_field": stats.receptive_field, "device": "cpu"}.items():
-            trial.set_user_attr(key, value)
-        curve: list[dict] = []
-
-        def report(epoch: int, metrics: dict) -> None:
-            curve.append(metrics)
-            trial.set_user_attr("curve", curve)
-            trial.set_user_attr("epoch_times", [m["train_time_s"] for m in curve])
-            trial.report(metrics["val_acc"], epoch)
-            if trial.should_prune():
-                trial.set_user_attr("pruned_at_epoch", epoch)
-                raise optuna.TrialPruned()
-
-        try:
-            if stats.params > MAX_PARAMS:
-                trial.set_user_attr("fail_reason", f"rejected: {stats.params:,} parameters > max_params {MAX_PARAMS:,}")
-                raise ValueError(trial.user_attrs["fail_reason"])
-            result = train(cfg, splits, report, RunOptions(device="cpu", progress=False))
-            return max(m["val_acc"] for m in result.history)
-        finally:
-            annotate_trial(trial.study, trial, store)
-    return objective
+def _demo_study_file(folder: Path, url: str) -> Path:
+    """studies/smoke.toml on `url`, its pruner starting later (the study file is data: only that line differs)."""
+    text, n = re.subn(r"(\[pruner\][^\[]*?n_startup_trials\s*=\s*)\d+", rf"\g<1>{PRUNER_STARTUP}", SMOKE.read_text())
+    assert n == 1, "studies/smoke.toml has no [pruner] n_startup_trials any more; update this fixture"
+    path = folder / "demo.toml"
+    path.write_text(re.sub(r'(?m)^storage = ".*"$', f'storage = "{url}"', text, count=1))
+    return path
 
 
-def _run_trials_and_retrain(study, spec, store, data_dir: Path, run_dir: Path) -> None:
-    splits = make_splits(load_cifar10(data_dir), spec.data)
-    study.optimize(_objective(spec, splits, store), n_trials=10, catch=(ValueError,))
-    best = study.best_trial
-    cfg = suggest_config(spec.space, optuna.trial.FixedTrial(best.params), spec.base).replace(epochs=3)
-    _, record = train_to_dir(cfg, DataConfig(val_size=0, test_size=60), run_dir, data_dir=str(data_dir),
-                             opts=RunOptions(device="cpu", progress=False))
-    study.set_user_attr("retrain", {"status": "done", "trial": best.number, "run_dir": str(run_dir),
-                                    "final_test_acc": record["epochs"][-1]["test_acc"]})
+def _hpo(*args: str) -> None:
+    # One torch thread: the 2 shared cores are only oversubscribed by more.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([HPO, *args], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, f"hpo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
 
 
 @pytest.fixture(scope="session")
 def demo_study(tmp_path_factory, tiny_cifar) -> DemoStudy:
     root = tmp_path_factory.mktemp("demo_study")
     db = root / "study.db"
-    spec = load_study_file(SMOKE, storage=f"sqlite:///{db}")
-    spec = dataclasses.replace(spec, base=spec.base.replace(epochs=EPOCHS))
-    store_dir = Path(spec.artifact_dir)
-    store_dir.mkdir(parents=True)
-    store = FileSystemArtifactStore(store_dir)
-    study = optuna.create_study(study_name=spec.name, storage=open_storage(spec.storage), direction="maximize",
-                                sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=3),
-                                pruner=optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=0))
-    for key, value in {"study_file": spec.raw, "target_accuracy": spec.target_accuracy,
-                       "artifact_dir": str(store_dir)}.items():
-        study.set_user_attr(key, value)
-    seed = seed_params(spec.space, spec.base)
-    study.enqueue_trial({k: v for k, v in seed.items() if not contains(spec.space, {k: v})},
-                        user_attrs={"seed_baseline": True})
-    study.enqueue_trial({"width1": 8, "width2": 16, "width3": 16, "width4": 16})  # too big: rejected
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # 2 shared cores: more threads only oversubscribe them (10x slower here)
-    try:
-        _run_trials_and_retrain(study, spec, store, tiny_cifar, root / "retrain")
-    finally:
-        torch.set_num_threads(threads)
-    return DemoStudy(spec.name, spec.storage, store_dir, db)
+    url = f"sqlite:///{db}"
+    study_file = _demo_study_file(root, url)
+    _hpo("study", "start", str(study_file), "--n-trials", str(N_TRIALS), "--threads", "1",
+         "--data-dir", str(tiny_cifar), "--device", "cpu")
+    spec = load_study_file(study_file)
+    study = optuna.load_study(study_name=spec.name, storage=url)
+    store_dir = Path(study.user_attrs["artifact_dir"])
+    store_dir.mkdir(parents=True, exist_ok=True)
+    # Trials the study service has not annotated itself get their note and curve artifacts now.
+    annotate_study(study, FileSystemArtifactStore(store_dir))
+    _hpo("retrain", spec.name, "--storage", url, "--max-epochs", "3", "--target", "0.99", "--out",
+         str(root / "retrain"), "--data-dir", str(tiny_cifar), "--device", "cpu")
+    return DemoStudy(spec.name, url, store_dir, db, study_file)

@@ -45,7 +45,8 @@ def test_trial_page_shows_the_note_and_the_curve_image(browser, dashboard_url, d
     browser.get(f"{dashboard_url}/dashboard/studies/{study_id(dashboard_url, demo_study.name)}/trials")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        images = [i for i in browser.find_elements("tag name", "img") if "/artifacts/" in (i.get_attribute("src") or "")]
+        images = [i for i in browser.find_elements("tag name", "img")
+                  if "/artifacts/" in (i.get_attribute("src") or "")]
         loaded = [i for i in images if browser.execute_script("return arguments[0].naturalWidth", i) > 0]
         if loaded and "Trial 0: complete (seed baseline" in browser.find_element("tag name", "body").text:
             break

@@ -29,27 +29,32 @@ def _artifacts(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict[str
 
 def test_every_demo_trial_has_a_note_that_says_what_happened(demo_study):
     study = optuna.load_study(study_name=demo_study.name, storage=demo_study.storage)
-    by_state = {s: [t for t in study.trials if t.state == s] for s in optuna.trial.TrialState}
     baseline = next(t for t in study.trials if t.user_attrs.get("seed_baseline"))
     assert "seed baseline" in _note(study, baseline)
-    for t in by_state[optuna.trial.TrialState.PRUNED]:
-        epochs = t.user_attrs['config']['epochs']
-        assert f"**Pruned** at epoch {t.user_attrs['pruned_at_epoch']} of {epochs}: val_acc" in _note(study, t)
-    for t in by_state[optuna.trial.TrialState.FAIL]:
-        assert f"**Failed:** {t.user_attrs['fail_reason']}" in _note(study, t)
-    for t in by_state[optuna.trial.TrialState.COMPLETE]:
-        note = _note(study, t)
-        assert f"| parameters | {t.user_attrs['params_count']:,} |" in note
-        assert f"| receptive field | {t.user_attrs['receptive_field']} px |" in note
-        assert f"- model: widths {t.user_attrs['config']['model']['widths']}" in note
-    assert all(by_state[s] for s in (optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL))
+    kinds = set()
+    for t in study.trials:
+        note, attrs = _note(study, t), t.user_attrs
+        if "pruned_at_epoch" in attrs:
+            kinds.add("pruned")
+            assert note.startswith(f"## Trial {t.number}: pruned at epoch {attrs['pruned_at_epoch']}")
+            assert f"**Pruned** at epoch {attrs['pruned_at_epoch']} of {attrs['config']['epochs']}: val_acc" in note
+        elif t.state == optuna.trial.TrialState.PRUNED:
+            kinds.add("rejected")
+            assert f"**Pruned before training:** {attrs['fail_reason']}" in note
+        else:
+            kinds.add("complete")
+            assert f"**Best val_acc {t.value:.4f}**" in note
+        assert f"| parameters | {attrs['params_count']:,} |" in note
+        assert f"| receptive field | {attrs['receptive_field']} px |" in note
+        assert f"- model: widths {attrs['config']['model']['widths']}" in note
+    assert kinds == {"pruned", "rejected", "complete"}
 
 
-def test_trained_trials_get_curve_svg_and_csv_failed_ones_none(demo_study):
+def test_trained_trials_get_curve_svg_and_csv_rejected_ones_none(demo_study):
     study = optuna.load_study(study_name=demo_study.name, storage=demo_study.storage)
     for t in study.trials:
         files = _artifacts(study, t)
-        if t.state == optuna.trial.TrialState.FAIL:
+        if not t.intermediate_values:  # rejected before training: nothing to draw
             assert files == {}
             continue
         assert set(files) == {"learning_curve.svg", "curve.csv"}
@@ -60,8 +65,13 @@ def test_trained_trials_get_curve_svg_and_csv_failed_ones_none(demo_study):
 
 
 def _curve_objective(trial: optuna.Trial) -> float:
-    """Records the conventional user_attrs of a 3-epoch run without training (the storage is the subject)."""
+    """Records the conventional user_attrs of a 3-epoch run without training (the storage is the subject);
+    trial 2 fails after its first epoch, the way the study service records a failure."""
     x = trial.suggest_float("lr", 0.01, 0.3, log=True)
+    if trial.number == 2:
+        trial.set_user_attr("curve", [{"epoch": 1, "train_acc": 0.1, "val_acc": 0.1}])
+        trial.set_user_attr("fail_reason", "NonFiniteLossError: loss is nan at epoch 2")
+        raise ArithmeticError("loss is nan")
     curve = [{"epoch": e, "train_acc": 0.2 * e, "val_acc": 0.1 * e + x, "train_time_s": 0.5} for e in (1, 2, 3)]
     trial.set_user_attr("curve", curve)
     trial.set_user_attr("params_count", 3804)
@@ -73,10 +83,14 @@ def _curve_objective(trial: optuna.Trial) -> float:
 def test_callback_annotates_finished_trials_on_every_storage(storage_url, study_name, tmp_path):
     study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url), direction="maximize")
     store = FileSystemArtifactStore(tmp_path)
-    study.optimize(_curve_objective, n_trials=2, callbacks=[functools.partial(annotate_trial, artifact_store=store)])
+    study.optimize(_curve_objective, n_trials=3, catch=(ArithmeticError,),
+                   callbacks=[functools.partial(annotate_trial, artifact_store=store)])
+    failed = study.trials[2]
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert _note(study, failed).startswith("## Trial 2: failed\n\n**Failed:** NonFiniteLossError: loss is nan")
     for t in study.trials:
-        assert t.state.is_finished()
-        assert _note(study, t).startswith(f"## Trial {t.number}: complete")
+        if t.number != failed.number:
+            assert _note(study, t).startswith(f"## Trial {t.number}: complete")
         files = _artifacts(study, t)
         assert set(files) == {"learning_curve.svg", "curve.csv"}
         assert (tmp_path / files["learning_curve.svg"]).read_text().startswith("<svg")

@@ -34,7 +34,7 @@ def test_report_is_self_contained_and_draws_every_section(demo_study):
     assert f"#{baseline.number} (original CifarNet): val_acc {baseline.value:.4f}" in page
     for key in ("history", "curves", "size"):
         assert "seed baseline (original CifarNet)" in _figure_json(page, key), key
-    pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED]
+    pruned = [t.number for t in study.trials if t.state == optuna.trial.TrialState.PRUNED and t.intermediate_values]
     curves = _figure_json(page, "curves")
     assert all(f"trial {n} pruned at epoch" in curves for n in pruned) and pruned
     assert '"name":"Pareto front"' in _figure_json(page, "size")
