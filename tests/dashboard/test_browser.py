@@ -3,15 +3,16 @@ trial notes and learning-curve images show, and the screenshots are not blank.""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
+import optuna
 import pytest
 from PIL import Image
 
 from dashboard.report import write_report
 from dashboard.screenshot import chromium, running_dashboard, screenshot_dashboard, screenshot_report, study_id
-
-import optuna
 
 MIN_COLOURS = 200  # a blank or error page has a handful; charts, text antialiasing and markers have thousands
 
@@ -67,3 +68,12 @@ def test_report_page_draws_every_chart(browser, demo_study, tmp_path):
     traces = browser.execute_script("return document.querySelectorAll('#fig-curves .scatterlayer .trace').length")
     assert traces >= len(study.trials) - sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)
     assert _colours(png) > MIN_COLOURS
+
+
+def test_screenshot_script_writes_both_pngs(demo_study, tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "dashboard.screenshot", str(demo_study.study_file),
+                           "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    pngs = [tmp_path / f"{kind}-{demo_study.name}.png" for kind in ("dashboard", "report")]
+    assert proc.stdout.split() == [word for p in pngs for word in ("wrote", str(p))]
+    assert all(_colours(p) > MIN_COLOURS for p in pngs)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import functools
 import xml.etree.ElementTree as ET
 
@@ -105,3 +106,26 @@ def test_curve_svg_is_valid_xml_and_rejects_an_empty_curve():
     assert "one &lt;epoch&gt;" in svg
     with pytest.raises(ValueError, match="at least one epoch"):
         curve_svg([], "nothing")
+
+
+def test_objective_can_annotate_its_live_trial(storage_url, study_name, tmp_path):
+    store = FileSystemArtifactStore(tmp_path)
+
+    def objective(trial: optuna.Trial) -> float:
+        try:
+            value = _curve_objective(trial)
+            if trial.number == 1:  # what the study service records when the pruner stops a trial
+                trial.set_user_attr("pruned_at_epoch", 2)
+                raise optuna.TrialPruned()
+            return value
+        finally:
+            annotate_trial(trial.study, trial, store)
+
+    study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url), direction="maximize")
+    study.optimize(objective, n_trials=2)
+    done, pruned = study.trials
+    assert _note(study, done).startswith("## Trial 0: complete\n\n**Best val_acc")
+    assert _note(study, pruned).startswith("## Trial 1: pruned at epoch 2\n\n**Pruned** at epoch 2 of ?: val_acc")
+    for t in (done, pruned):  # uploaded while running: registered on the trial itself, as optuna does
+        assert sorted(json.loads(v)["filename"] for k, v in t.system_attrs.items() if k.startswith("artifacts:")) \
+            == ["curve.csv", "learning_curve.svg"]
