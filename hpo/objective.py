@@ -1,7 +1,8 @@
 """The objective: one trial = suggest a config -> reject it if too big -> train -> report every epoch.
 
 What a trial leaves in storage (the conventions retraining and the dashboard read):
-  user_attrs "config", "data", "params_count", "macs", "receptive_field", "device" (before training),
+  user_attrs "config", "data", "params_count", "macs", "receptive_field", "device", "worker" (host:pid),
+  all before training,
   "epoch_times" and "curve" (after every epoch), "pruned_at_epoch" (pruned), "fail_reason" (failed/rejected),
   intermediate values step = epoch (1-based) -> val_acc; the value = the best val_acc (maximised).
 
@@ -14,6 +15,8 @@ worst by TPE, which steers it away from that corner of the space.
 from __future__ import annotations
 
 import dataclasses
+import os
+import socket
 from typing import Any
 
 import optuna
@@ -32,6 +35,7 @@ from hpo.studyfile import StudySpec
 TRIAL_ERRORS: tuple[type[BaseException], ...] = (CifarNetError, torch.OutOfMemoryError)
 OVER_BUDGET_CONSTRAINT = "params_over_budget"  # > 0: the trial is infeasible (parameters above max_params)
 STOP_REASON = "stopped: another trial reached the study's target accuracy"
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
 
 
 class Objective:
@@ -58,6 +62,7 @@ class Objective:
         for key, value in {
             "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
             "macs": stats.macs, "receptive_field": stats.receptive_field, "device": self.device,
+            "worker": WORKER_ID,
         }.items():
             trial.set_user_attr(key, value)
         if spec.max_params is not None and stats.params > spec.max_params:

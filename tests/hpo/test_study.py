@@ -3,6 +3,7 @@ baseline, resuming, pruning, rejection, failures and the stop flag, with real tr
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import subprocess
@@ -16,7 +17,7 @@ from optuna.trial import TrialState
 from hpo.errors import HPOError
 from hpo.objective import STOP_REASON, EpochReporter
 from hpo.storage import open_storage
-from hpo.study import baseline_params, create_or_resume, request_stop
+from hpo.study import baseline_params, create_or_resume, list_studies, request_stop
 from hpo.studyfile import StudySpec, load_study_file
 from hpo.worker import WorkerOptions, start_study
 from tests.hpo.studyfiles import write_study
@@ -35,13 +36,18 @@ def run(spec: StudySpec, data_dir: Path) -> str:
     return out.getvalue()
 
 
+# One storage (one connection pool) per URL for the whole session: PostgreSQL's connections are shared with
+# every other test run on the server.
+storage_for = functools.cache(open_storage)
+
+
 def trials_of(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=spec.name, storage=open_storage(spec.storage)).trials
+    return optuna.load_study(study_name=spec.name, storage=storage_for(spec.storage)).trials
 
 
 def enqueue(spec: StudySpec, **changes) -> None:
     """Queue the baseline with `changes` (after the baseline itself, which a new study queues first)."""
-    study = create_or_resume(spec)
+    study = create_or_resume(spec, storage_for(spec.storage))
     study.enqueue_trial({**baseline_params(spec.space, spec)[0], **changes})
 
 
@@ -58,15 +64,18 @@ def test_seed_trial_is_trial_0_and_resume_adds_trials(tmp_path, tiny_cifar, stor
         assert TRIAL_ATTRS <= set(t.user_attrs) and t.user_attrs["device"] == "cpu"
         assert list(t.intermediate_values) == list(range(1, len(t.user_attrs["curve"]) + 1))
     assert seed.value == max(m["val_acc"] for m in seed.user_attrs["curve"])
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
+    study = optuna.load_study(study_name=spec.name, storage=storage_for(storage_url))
     assert study.user_attrs["study_file"] == spec.raw and study.user_attrs["target_accuracy"] == 0.2
     assert study.user_attrs["artifact_dir"] == spec.artifact_dir
 
+    before = [(t.number, t.state, t.params, t.value) for t in trials]
     run(spec, tiny_cifar)  # same name, same storage: resumes
     trials = trials_of(spec)
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert sum(bool(t.user_attrs.get("seed_baseline")) for t in trials) == 1
-    assert trials[1].params == trials_of(spec)[1].params  # earlier trials kept as they were
+    assert [(t.number, t.state, t.params, t.value) for t in trials[:2]] == before  # earlier trials kept
+    row = next(r for r in list_studies(storage_url) if r.name == study_name)
+    assert row.trials == 4 and row.best_value == max(t.value for t in trials if t.value is not None)
 
 
 def test_median_pruner_prunes_trial_reporting_worse_values(tmp_path, tiny_cifar, storage_url, study_name):
@@ -82,7 +91,7 @@ def test_median_pruner_prunes_trial_reporting_worse_values(tmp_path, tiny_cifar,
 
 def test_reporter_raises_pruned_below_median(tmp_path, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url)
-    study = create_or_resume(spec)
+    study = create_or_resume(spec, storage_for(spec.storage))
     study.pruner = optuna.pruners.MedianPruner(n_startup_trials=1)
     metrics = {"train_time_s": 1.0, "eval_time_s": 0.1}
     first = study.ask()
@@ -123,14 +132,14 @@ def test_stop_on_target_stops_the_study(tmp_path, tiny_cifar, storage_url, study
     spec = tiny_spec(tmp_path, study_name, storage_url, n_trials=5, study={"stop_on_target": True})
     run(spec, tiny_cifar)
     trials = trials_of(spec)
-    study = optuna.load_study(study_name=spec.name, storage=open_storage(storage_url))
+    study = optuna.load_study(study_name=spec.name, storage=storage_for(storage_url))
     assert len(trials) == 1 and trials[0].value >= 0.2  # the baseline reached the target; nothing else ran
     assert study.user_attrs["stop_requested"] is True and "trial 0 reached" in study.user_attrs["stop_reason"]
 
 
 def test_stop_flag_prunes_running_trials_of_other_workers(tmp_path, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url, study={"stop_on_target": True, "target_accuracy": 0.9})
-    study = create_or_resume(spec)
+    study = create_or_resume(spec, storage_for(spec.storage))
     running = study.ask()
     request_stop(study, "trial 7 reached val_acc 0.95")  # as written by another worker
     with pytest.raises(optuna.TrialPruned):
@@ -139,12 +148,13 @@ def test_stop_flag_prunes_running_trials_of_other_workers(tmp_path, storage_url,
 
 
 def test_resume_with_a_different_space_is_refused(tmp_path, storage_url, study_name):
-    create_or_resume(tiny_spec(tmp_path, study_name, storage_url))
+    storage = storage_for(storage_url)
+    create_or_resume(tiny_spec(tmp_path, study_name, storage_url), storage)
     changed = tiny_spec(tmp_path, study_name, storage_url, space={"width1": {"choices": [4, 8, 12]}})
     with pytest.raises(HPOError, match=r"different \[space\]"):
-        create_or_resume(changed)
+        create_or_resume(changed, storage)
     # Run settings may change between runs.
-    create_or_resume(tiny_spec(tmp_path, study_name, storage_url, n_trials=9, sampler={"seed": 5}))
+    create_or_resume(tiny_spec(tmp_path, study_name, storage_url, n_trials=9, sampler={"seed": 5}), storage)
 
 
 def test_official_optuna_cli_reads_our_studies(tmp_path, tiny_cifar, storage_url, study_name):
