@@ -10,6 +10,7 @@ Each worker prints one line per finished trial (done/pruned/failed, best so far,
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import multiprocessing
 import os
@@ -83,6 +84,7 @@ def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> Study
 def _run_processes(spec: StudySpec, opts: WorkerOptions) -> None:
     # spawn, not fork: torch's thread pools and open database connections do not survive a fork.
     ctx = multiprocessing.get_context("spawn")
+    opts = dataclasses.replace(opts, out=None)  # each child prints to the inherited stdout
     procs = [ctx.Process(target=_worker_process, args=(spec, opts, i), name=f"hpo-worker-{i}")
              for i in range(opts.workers)]
     for p in procs:
@@ -132,8 +134,12 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
     w = spec.workers
     storage = open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
-    study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
-                              pruner=build_pruner(spec))
+    try:
+        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
+                                  pruner=build_pruner(spec))
+    except KeyError:
+        raise HPOError(f"no study {spec.name!r} in {display_url(spec.storage)}: start it with "
+                       f"`hpo study start`, then join it with `hpo worker`") from None
     budget = _stored_budget(study, spec)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
