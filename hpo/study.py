@@ -24,6 +24,7 @@ from hpo.studyfile import StudySpec, spec_from_dict
 # incomparable trials in one study, so it is refused. Everything else (trials, sampler, ...) may change.
 IDENTITY_TABLES = ("space", "budget", "train")
 LOCK_RETRIES = 8
+OBJECTIVE_NAME = "val_acc"  # what optuna-dashboard calls the objective value
 
 
 def build_sampler(spec: StudySpec, seed_offset: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -76,6 +77,11 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | Non
     for key, value in {"study_file": spec.raw, "target_accuracy": spec.target_accuracy,
                        "artifact_dir": spec.artifact_dir}.items():
         study.set_user_attr(key, value)
+    if study.metric_names != [OBJECTIVE_NAME]:
+        with warnings.catch_warnings():
+            # optuna_dashboard.set_objective_names() is deprecated in favour of exactly this (experimental) call.
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
     if not any(t.user_attrs.get("seed_baseline") for t in study.get_trials(deepcopy=False)):
         params, moved = baseline_params(spec.space, spec)
         attrs = {"seed_baseline": True, **({"seed_moved_into_space": moved} if moved else {})}

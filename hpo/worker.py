@@ -18,10 +18,12 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, TextIO
 
 import optuna
 import torch
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.errors import CifarNetError
@@ -33,7 +35,9 @@ from hpo.storage import Heartbeat, display_url, is_locked, open_storage
 from hpo.study import (StudyStatus, best_completed, build_pruner, build_sampler, check_same_search, clear_stop,
                        create_or_resume, stop_requested, study_status)
 from hpo.studyfile import StudySpec
+from dashboard.notes import annotate_trial
 
+_log = logging.getLogger(__name__)
 LOCKED_PAUSE_S = 2.0  # back-off after SQLite stayed locked past its busy timeout
 
 
@@ -144,11 +148,11 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     objective = Objective(spec, splits, run_opts)
-    progress = Progress(budget, opts.out or sys.stdout)
+    callbacks = [Progress(budget, opts.out or sys.stdout), Annotator(study.user_attrs.get("artifact_dir") or spec.artifact_dir)]
     ran = 0
     while not _should_stop(study, budget):
         try:
-            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=[progress])
+            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks)
             ran += 1
         except optuna.exceptions.StorageInternalError as e:
             # SQLite stayed locked past its busy timeout: the trial in flight (if any) is left RUNNING and
@@ -224,6 +228,22 @@ class Progress:
         if b.deadline is not None:
             left.append(max(0.0, b.deadline - now))
         return _duration(min(left)) if left else "?"
+
+
+class Annotator:
+    """optuna callback: every finished trial gets its Markdown note and learning-curve artifacts in
+    optuna-dashboard (dashboard.notes). Notes are a convenience: failing to write one never fails the study."""
+
+    def __init__(self, artifact_dir: str):
+        self.artifact_dir = Path(artifact_dir)
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        try:
+            self.artifact_dir.mkdir(parents=True, exist_ok=True)
+            annotate_trial(study, trial, artifact_store=FileSystemArtifactStore(str(self.artifact_dir)))
+        except Exception as e:
+            text = (str(e).strip().splitlines() or [""])[0]
+            _log.warning("warning: trial %d has no dashboard note: %s: %s", trial.number, type(e).__name__, text)
 
 
 def describe_trial(trial: FrozenTrial) -> str:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
+from optuna_dashboard._note import get_note_from_system_attrs
+from optuna_dashboard.artifact._backend import list_trial_artifacts
 
 from hpo.storage import open_storage
 from tests.hpo.studyfiles import write_study
@@ -43,12 +45,26 @@ def test_start_then_best_as_json(tmp_path, tiny_cifar, storage_url, study_name):
     assert first.stdout.count(" done: ") == 2 and "ETA" in first.stdout  # one line per finished trial
     trials = trials_of(storage_url, study_name)
     assert [t.number for t in trials] == [0, 1] and trials[0].user_attrs["seed_baseline"]
+    _assert_annotated(storage_url, study_name)
 
     best = json.loads(hpo("study", "best", study_name, "--storage", storage_url, "--format", "json",
                           cwd=tmp_path).stdout)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert best["val_acc"] == max(t.value for t in done) and best["trial"] in [t.number for t in done]
     assert best["config"]["model"]["widths"][0] == best["params"]["width1"]
+
+
+def _assert_annotated(url: str, name: str) -> None:
+    """Every finished trial has its optuna-dashboard note and learning-curve files (written by the workers)."""
+    study = optuna.load_study(study_name=name, storage=storage_for(url))
+    notes = study._storage.get_study_system_attrs(study._study_id)
+    artifact_dir = Path(study.user_attrs["artifact_dir"])
+    assert study.metric_names == ["val_acc"]
+    for t in study.trials:
+        assert get_note_from_system_attrs(notes, t._trial_id)["body"].startswith(f"## Trial {t.number}: ")
+        files = {a["filename"]: a["artifact_id"] for a in list_trial_artifacts(notes, t.system_attrs, t)}
+        assert set(files) == {"learning_curve.svg", "curve.csv"}
+        assert (artifact_dir / files["learning_curve.svg"]).read_text().startswith("<svg")
 
 
 def test_parallel_workers_share_one_storage(tmp_path, tiny_cifar, storage_url, study_name):
