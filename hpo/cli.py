@@ -20,6 +20,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
                   help="CifarNet hyperparameter-optimisation service (Optuna studies on SQL storage).")
 model_app = typer.Typer(no_args_is_help=True, help="Inspect CifarNet family members.")
 app.add_typer(model_app, name="model")
+data_app = typer.Typer(no_args_is_help=True, help="Fetch and check the CIFAR-10 folder.")
+app.add_typer(data_app, name="data")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", help="Run TOML: train fields, [model], [data].")]
 DataDirOpt = Annotated[Optional[str], typer.Option("--data-dir", help="CIFAR-10 folder (default: $CIFAR10_DIR).")]
@@ -35,6 +37,29 @@ def model_summary(config: ConfigOpt = None) -> None:
     """Print the layer table, parameters, MACs per image and receptive field."""
     cfg, _ = _load(config)
     typer.echo(format_summary(cfg.model))
+
+
+@data_app.command("check")
+def data_check(data_dir: DataDirOpt = None) -> None:
+    """Validate the CIFAR-10 folder (shapes, dtypes, labels; not md5) and print its class counts."""
+    from cifarnet.data import load_cifar10, resolve_data_dir
+
+    data = load_cifar10(data_dir)
+    for name, part in (("train", data.train), ("test", data.test)):
+        counts = part.labels.bincount(minlength=10).tolist()
+        typer.echo(f"{name}: {len(part):,} images, per class {counts}")
+    typer.echo(f"ok: {resolve_data_dir(data_dir)}")
+
+
+@data_app.command("download")
+def data_download(
+    data_dir: Annotated[str, typer.Option("--data-dir", help="Where to put cifar-10-batches-py/.")] = "data",
+) -> None:
+    """Fetch CIFAR-10 with torchvision (needs internet); skipped when the folder is already valid."""
+    from cifarnet.data import load_cifar10, resolve_data_dir
+
+    load_cifar10(data_dir, download=True)
+    typer.echo(f"ok: {resolve_data_dir(data_dir)} (use --data-dir {data_dir} or CIFAR10_DIR={data_dir})")
 
 
 @app.command("train")

@@ -90,3 +90,11 @@ def test_cli_bad_data_dir_is_one_clear_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.startswith("error: CIFAR-10 folder not found")
     assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_cli_data_check(tiny_cifar, tmp_path):
+    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tiny_cifar)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "train: 200 images, per class [20, 20, 20, 20, 20, 20, 20, 20, 20, 20]" in r.stdout
+    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    assert r.returncode == 1 and "is missing data_batch_1" in r.stderr and "Traceback" not in r.stderr
