@@ -27,7 +27,7 @@ from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, resolve_device, train
 from hpo.space import suggest_config
-from hpo.study import request_stop
+from hpo.study import INTERRUPTED_REASON, request_stop
 from hpo.studyfile import StudySpec
 
 # Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
@@ -51,7 +51,7 @@ class Objective:
         except optuna.TrialPruned:
             raise
         except (Exception, KeyboardInterrupt) as e:  # record why before optuna marks the trial FAIL
-            reason = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else _describe(e)
+            reason = INTERRUPTED_REASON if isinstance(e, KeyboardInterrupt) else _describe(e)
             trial.set_user_attr("fail_reason", reason)
             raise
 

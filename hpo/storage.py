@@ -1,31 +1,50 @@
-"""Open an Optuna RDB storage from a URL: SQLite files and PostgreSQL behave the same to callers.
+"""Open an Optuna storage from a URL: SQLite files, PostgreSQL and the gRPC proxy behave the same to callers.
 
 - Malformed or unreachable URLs raise `StorageError` with one line (password hidden).
 - SQLite: a busy timeout and WAL journal, so several local workers wait for each other instead of failing
   with "database is locked"; opening retries while another process is still creating the schema.
-- PostgreSQL/MySQL: `pool_pre_ping`, so a connection dropped by the server is replaced instead of failing a
-  trial hours into a study; a connect timeout, so an unreachable host fails in seconds.
+- PostgreSQL/MySQL: `pool_pre_ping`, so a connection dropped by the server (restart, idle timeout,
+  pg_terminate_backend) is replaced at its next use; a storage call that was on the connection when it
+  dropped is retried once on a new one. A connect timeout makes an unreachable host fail in seconds.
 - Optional heartbeat: a trial whose worker died is marked FAIL after `grace_period` and re-queued by optuna's
   `RetryHeartbeatStaleTrialCallback` (the retry keeps the parameters; system_attrs "failed_trial" links it).
+- `grpc://HOST:PORT`: optuna's gRPC storage proxy (`serve_storage_proxy`, `hpo storage-proxy`), so hundreds
+  of workers share a few database connections. optuna's proxy client has no heartbeats.
+- `TrialSlotLock`: the mutex around "is budget left? then create the trial" that keeps K workers from
+  overshooting a study's trial budget.
+- `check_consistency`: what must hold in a study's tables after any crash.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import logging
 import sqlite3
 import time
 import warnings
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import optuna
+import sqlalchemy
+from optuna.trial import TrialState
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
-from hpo.errors import StorageError
+from hpo.errors import StorageError, StudyFileError
+from hpo.studyfile import spec_from_dict
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another process's lock before giving up
-CONNECT_TIMEOUT_S = 10  # unreachable database servers fail after this
+CONNECT_TIMEOUT_S = 10  # unreachable database servers (and proxies) fail after this
 OPEN_RETRIES = 5  # attempts while another process holds the lock during schema creation
+GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
+GRPC_DEFAULT_PORT = 13000  # optuna's default
+GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
+
+_log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -36,8 +55,12 @@ class Heartbeat:
 
 
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.BaseStorage:
-    """An RDBStorage for `url` (schema created if missing), or StorageError with a one-line reason."""
+    """A storage for `url` (schema created if missing), or StorageError with a one-line reason.
+
+    The heartbeat is ignored behind a gRPC proxy (optuna's proxy client does not implement it)."""
     parsed = parse_url(url)
+    if parsed.drivername == GRPC_SCHEME:
+        return _open_grpc_proxy(parsed)
     kwargs = _engine_kwargs(parsed)
     if parsed.get_backend_name() == "sqlite":
         _prepare_sqlite(parsed)
@@ -46,7 +69,7 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
             with warnings.catch_warnings():
                 # The heartbeat options are marked experimental, but are the documented crash-safety path.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
+                return ReconnectingRDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
         except OperationalError as e:
             if is_locked(e) and attempt + 1 < OPEN_RETRIES:
                 time.sleep(0.5 * 2**attempt)
@@ -65,13 +88,22 @@ def _heartbeat_kwargs(heartbeat: Heartbeat | None) -> dict:
                 heartbeat_stale_trial_callback=retry)
 
 
+def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether dead workers' trials are detected (RDB storage with a heartbeat; never behind the gRPC proxy)."""
+    interval = getattr(storage, "get_heartbeat_interval", None)
+    return interval is not None and interval() is not None
+
+
 def parse_url(url: str) -> URL:
-    """Check the URL's syntax and that its database driver is installed."""
+    """Check the URL's syntax and that its database driver (or grpcio, for grpc://) is installed."""
     try:
         parsed = make_url(url)
     except ArgumentError:
-        raise StorageError(f"malformed storage URL {url!r} (expected e.g. sqlite:///hpo.db or "
-                           f"postgresql+psycopg://user@host:5432/db)") from None
+        raise StorageError(f"malformed storage URL {url!r} (expected e.g. sqlite:///hpo.db, "
+                           f"postgresql+psycopg://user@host:5432/db or grpc://host:{GRPC_DEFAULT_PORT})") from None
+    if parsed.drivername == GRPC_SCHEME:
+        _import_grpc(f"storage URL {display_url(url)}")
+        return parsed
     try:
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:
@@ -93,6 +125,58 @@ def display_url(url: str) -> str:
 def is_locked(error: BaseException) -> bool:
     """SQLite's "database is locked" / "database table is locked" (another process holds the write lock)."""
     return "is locked" in str(error)
+
+
+def is_disconnect(error: BaseException) -> bool:
+    """The database connection died under a call (server restart, pg_terminate_backend, network)."""
+    for e in (error, error.__cause__, error.__context__):
+        if isinstance(e, DBAPIError) and e.connection_invalidated:
+            return True
+    return False
+
+
+def is_transient(error: BaseException) -> bool:
+    """An error a worker outlives by waiting and carrying on: a lock held too long, a dropped connection."""
+    return is_disconnect(error) or any(is_locked(e) for e in (error, error.__cause__) if e is not None)
+
+
+class ReconnectingRDBStorage(optuna.storages.RDBStorage):
+    """RDBStorage whose calls survive one dropped connection.
+
+    pool_pre_ping replaces connections that died while idle in the pool; this covers the rarer case of a
+    connection dying during a call: each call is one transaction, rolled back by the failure, so running it
+    again on a fresh connection is safe. A heartbeat that fails is skipped (the next one comes within
+    `heartbeat_interval`), so the heartbeat thread never dies and leaves a live trial to look dead.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+            if not is_transient(e):
+                raise
+            _log.warning("warning: heartbeat of trial id %d skipped: %s", trial_id, _first_line(e.__cause__ or e))
+
+
+def _retry_once_on_disconnect(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def call(self, *args, **kwargs):
+        try:
+            return method(self, *args, **kwargs)
+        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+            if not is_disconnect(e):
+                raise
+            return method(self, *args, **kwargs)
+    return call
+
+
+# Every call a worker makes between trials and during one (creating, reading and updating trials and attrs).
+for _name in ("create_new_trial", "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+              "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
+              "get_trial_id_from_study_id_trial_number", "set_study_user_attr", "set_study_system_attr",
+              "get_study_user_attrs", "get_study_system_attrs", "get_study_id_from_name", "get_all_studies",
+              "get_study_directions", "get_study_name_from_id", "_get_stale_trial_ids"):
+    setattr(ReconnectingRDBStorage, _name, _retry_once_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def _engine_kwargs(url: URL) -> dict:
@@ -122,3 +206,209 @@ def _first_line(error: BaseException) -> str:
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
 
+
+# --- gRPC storage proxy -------------------------------------------------------------------------------------
+
+def _import_grpc(what: str) -> None:
+    try:
+        import grpc  # noqa: F401  (optuna imports it lazily, at the first call)
+    except ImportError:
+        raise StorageError(f"{what} needs the grpcio package: {GRPC_EXTRA_HINT}") from None
+
+
+def _open_grpc_proxy(url: URL) -> optuna.storages.BaseStorage:
+    host, port = url.host or "localhost", url.port or GRPC_DEFAULT_PORT
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        proxy = optuna.storages.GrpcStorageProxy(host=host, port=port)
+    try:
+        proxy.wait_server_ready(timeout=CONNECT_TIMEOUT_S)
+    except ConnectionError:
+        proxy.close()
+        raise StorageError(f"cannot reach the storage proxy at grpc://{host}:{port} within {CONNECT_TIMEOUT_S} s "
+                           f"(start it with `hpo storage-proxy --storage URL --port {port}`)") from None
+    return proxy
+
+
+def serve_storage_proxy(url: str, host: str = "localhost", port: int = GRPC_DEFAULT_PORT) -> None:
+    """Serve the database at `url` to workers over gRPC (`--storage grpc://HOST:PORT`) until interrupted."""
+    _import_grpc("hpo storage-proxy")
+    if parse_url(url).drivername == GRPC_SCHEME:
+        raise StorageError("hpo storage-proxy serves a database: give it a sqlite:// or postgresql:// URL")
+    # The proxy answers many workers from one process: optuna's cached storage saves it re-reading
+    # finished trials (the server-side setup optuna's documentation asks for).
+    storage = optuna.storages.get_storage(open_storage(url))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        try:
+            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+        except RuntimeError as e:  # grpc: "Failed to bind to address ..."
+            raise StorageError(f"cannot serve on {host}:{port}: {_first_line(e)}") from None
+
+
+# --- one trial at a time through the budget check -------------------------------------------------------------
+
+class TrialSlotLock:
+    """A mutex, per study, around "is the run's budget spent? if not, create the next trial".
+
+    Without it K workers that check at once all see one slot left and all start a trial. Held for
+    milliseconds (a budget count and optuna's ask); released as soon as the trial exists. PostgreSQL: a
+    session advisory lock, which the server drops with the connection of a killed worker. SQLite: an flock
+    on a file beside the database, which the kernel drops with the process. Other storages (the gRPC proxy,
+    MySQL) get no lock: K workers may then overshoot the budget by up to K - 1 trials.
+    """
+
+    def __init__(self, url: str, study_name: str):
+        parsed = parse_url(url)
+        self._acquire, self._release = _no_lock, _no_lock
+        if parsed.get_backend_name() == "postgresql":
+            self._acquire, self._release = _advisory_lock(parsed, study_name)
+        elif parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            self._acquire, self._release = _file_lock(Path(parsed.database).expanduser(), study_name)
+        self.held = False
+
+    def acquire(self) -> None:
+        self._acquire()
+        self.held = True
+
+    def release(self) -> None:
+        """Idempotent: released where the trial starts, and again (a no-op) when the loop step ends."""
+        if self.held:
+            self.held = False
+            self._release()
+
+
+def _no_lock() -> None:
+    return None
+
+
+def _lock_key(study_name: str) -> int:
+    digest = hashlib.blake2b(f"hpo trial slots: {study_name}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big", signed=True)  # pg_advisory_lock takes a signed 64-bit key
+
+
+def _advisory_lock(url: URL, study_name: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    engine = sqlalchemy.create_engine(url, pool_size=1, max_overflow=0, **_engine_kwargs(url))
+    key = _lock_key(study_name)
+    held: dict[str, Any] = {}  # the connection holding the lock, between acquire and release
+
+    def acquire() -> None:
+        for attempt in range(2):  # a connection dropped under the call is replaced once
+            conn = engine.connect()
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
+                conn.commit()
+                held["conn"] = conn
+                return
+            except DBAPIError as e:
+                conn.close()
+                if not (e.connection_invalidated and attempt == 0):
+                    raise
+
+    def release() -> None:
+        conn = held.pop("conn")
+        try:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
+            conn.commit()
+        except DBAPIError:
+            conn.invalidate()  # the connection is gone, and the server released the lock with it
+        finally:
+            conn.close()
+
+    return acquire, release
+
+
+def _file_lock(db: Path, study_name: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    import fcntl  # POSIX; SQLite studies are local to one machine
+
+    path = db.with_name(f"{db.name}.{_lock_key(study_name) & 0xFFFFFFFF:08x}.lock")
+    handle = open(path, "a")
+    return (lambda: fcntl.flock(handle, fcntl.LOCK_EX)), (lambda: fcntl.flock(handle, fcntl.LOCK_UN))
+
+
+# --- consistency ----------------------------------------------------------------------------------------------
+
+REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
+
+
+def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
+                      grace_period: float | None = None) -> list[str]:
+    """What is wrong with a study's records (empty: consistent). Holds after any crash of any worker:
+
+    - trial numbers are 0..M-1, each once;
+    - every trial is finished (COMPLETE with a value, PRUNED, FAIL) or WAITING, or RUNNING with a heartbeat
+      younger than `grace_period` (default: the study file's [workers] grace_period);
+    - intermediate values are epochs 1..k, and none belongs to a trial that does not exist;
+    - a dead trial is re-queued at most once, and only a FAILED one;
+    - the study user_attrs hpo relies on are there and the stored study file is valid.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise StorageError(f"no study named {study_name!r}") from None
+    problems = _check_study_attrs(study.user_attrs)
+    if grace_period is None and not problems:
+        grace_period = spec_from_dict(study.user_attrs["study_file"]).workers.grace_period
+    trials = study.get_trials(deepcopy=False)
+    numbers = sorted(t.number for t in trials)
+    if numbers != list(range(len(trials))):
+        dupes = sorted(n for n, c in Counter(numbers).items() if c > 1)
+        problems.append(f"trial numbers are not 0..{len(trials) - 1} once each (duplicates: {dupes})")
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        if steps != list(range(1, len(steps) + 1)):
+            problems.append(f"trial {t.number}: intermediate values at steps {steps}, expected epochs 1..k")
+        if t.state == TrialState.COMPLETE and t.value is None:
+            problems.append(f"trial {t.number}: COMPLETE without a value")
+    problems += _check_retries(trials)
+    problems += _check_rows(storage, study, grace_period)
+    return problems
+
+
+def _check_study_attrs(attrs: dict[str, Any]) -> list[str]:
+    problems = [f"study user_attr {key!r} is missing" for key in REQUIRED_STUDY_ATTRS if key not in attrs]
+    if "study_file" in attrs:
+        try:
+            spec_from_dict(attrs["study_file"])
+        except StudyFileError as e:
+            problems.append(f"study user_attr 'study_file' is not a valid study file: {e}")
+    return problems
+
+
+def _check_retries(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    state = {t.number: t.state for t in trials}
+    # retry_history[-1] is the trial this one re-runs (optuna's RetryHeartbeatStaleTrialCallback convention).
+    reruns = Counter(t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history"))
+    problems = [f"trial {n} was re-queued {count} times" for n, count in reruns.items() if count > 1]
+    problems += [f"trial {n} was re-queued but is {state.get(n, 'missing')}" for n in reruns
+                 if state.get(n) != TrialState.FAIL]
+    return problems
+
+
+def _check_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, grace_period: float | None) -> list[str]:
+    """Heartbeats and orphan rows: not visible through the storage API, so read from the tables."""
+    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return []  # the gRPC proxy: the tables are behind the proxy
+    # optuna's ORM models are the schema's one definition (the storage API exposes no heartbeat times).
+    from optuna.storages._rdb.models import TrialHeartbeatModel, TrialIntermediateValueModel, TrialModel
+
+    problems = []
+    with sqlalchemy.orm.Session(rdb.engine) as session:
+        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+        running = session.execute(
+            sqlalchemy.select(TrialModel.number, TrialHeartbeatModel.heartbeat)
+            .outerjoin(TrialHeartbeatModel, TrialHeartbeatModel.trial_id == TrialModel.trial_id)
+            .where(TrialModel.study_id == study._study_id, TrialModel.state == TrialState.RUNNING)).all()
+        orphans = session.execute(
+            sqlalchemy.select(sqlalchemy.func.count()).select_from(TrialIntermediateValueModel)
+            .outerjoin(TrialModel, TrialModel.trial_id == TrialIntermediateValueModel.trial_id)
+            .where(TrialModel.trial_id.is_(None))).scalar()
+    for number, beat in running:
+        age = (now - beat.replace(tzinfo=None)).total_seconds() if beat is not None else None
+        if age is None or (grace_period is not None and age > grace_period):
+            what = "no heartbeat" if age is None else f"a heartbeat {age:.0f} s old (grace period {grace_period} s)"
+            problems.append(f"trial {number} is RUNNING with {what}")
+    if orphans:
+        problems.append(f"{orphans} intermediate value(s) belong to no trial")
+    return problems

@@ -25,6 +25,8 @@ from hpo.studyfile import StudySpec, spec_from_dict
 IDENTITY_TABLES = ("space", "budget", "train")
 LOCK_RETRIES = 8
 OBJECTIVE_NAME = "val_acc"  # what optuna-dashboard calls the objective value
+INTERRUPTED_REASON = "interrupted"  # fail_reason of a trial stopped by Ctrl-C; it is re-queued
+KEPT_ON_RETRY = ("seed_baseline", "seed_moved_into_space")  # user_attrs a re-queued trial inherits
 
 
 def build_sampler(spec: StudySpec, seed_offset: int | None = 0) -> optuna.samplers.BaseSampler:
@@ -82,11 +84,30 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | Non
             # optuna_dashboard.set_objective_names() is deprecated in favour of exactly this (experimental) call.
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([OBJECTIVE_NAME])
+    requeue_interrupted(study)
     if not any(t.user_attrs.get("seed_baseline") for t in study.get_trials(deepcopy=False)):
         params, moved = baseline_params(spec.space, spec)
         attrs = {"seed_baseline": True, **({"seed_moved_into_space": moved} if moved else {})}
         study.enqueue_trial(params, user_attrs=attrs)
     return study
+
+
+def requeue_interrupted(study: optuna.Study, only: int | None = None) -> list[int]:
+    """Queue again (same parameters) every interrupted trial not re-queued yet, or just trial `only`; returns
+    their numbers. Why: an interrupted trial says nothing about its configuration, and an interrupted
+    baseline would otherwise never be measured. The copy links back like optuna's heartbeat retries do
+    (system_attrs "failed_trial" = the first of the series, "retry_history")."""
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    todo = [t for t in trials if t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == INTERRUPTED_REASON
+            and t.number not in requeued and only in (None, t.number)]
+    for t in todo:
+        history = [*t.system_attrs.get("retry_history", []), t.number]
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.WAITING, params=t.params, distributions=t.distributions,
+            user_attrs={k: v for k, v in t.user_attrs.items() if k in KEPT_ON_RETRY},
+            system_attrs={"failed_trial": history[0], "retry_history": history}))
+    return [t.number for t in todo]
 
 
 def check_same_search(stored: dict[str, Any], spec: StudySpec) -> None:

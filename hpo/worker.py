@@ -1,18 +1,23 @@
-"""Running a study: `start_study` (create/resume, then K local worker processes) and `run_worker` (one
-process's trial loop; `hpo worker` runs it to join a study from another process or machine).
+"""Running a study: `start_study` (create/resume, then K local worker processes), `join_study` (`hpo worker`:
+join from any process or machine, one process per device slot) and `run_worker` (one process's trial loop).
 
-All workers share one storage and coordinate only through it:
+Workers share one storage (optuna's distributed mode) and coordinate only through it:
 - the run budget ("run_budget" study user_attr: first trial number, trials, deadline) set by `start_study`;
+  a per-study lock (hpo.storage.TrialSlotLock) around "budget left? then create the trial" makes it exact;
 - the stop flag ("stop_requested"), raised when a trial reaches the target with stop_on_target;
-- heartbeats: a trial whose worker died is failed and re-queued by the next worker to start a trial.
+- heartbeats: a trial whose worker died is failed and re-queued by the next worker that looks. A worker
+  whose budget is spent waits while trials of the run are still running elsewhere: one may yet die and
+  need re-running.
 Each worker prints one line per finished trial (done/pruned/failed, best so far, ETA) and is quiet otherwise.
+Ctrl-C marks the running trial failed (fail_reason "interrupted") and re-queues it, then raises
+KeyboardInterrupt; the CLI prints one line and exits 130.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import logging
-import multiprocessing
 import os
 import sys
 import time
@@ -26,19 +31,20 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
 
-from cifarnet.errors import CifarNetError
 from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
-from cifarnet.train import RunOptions, resolve_device
-from hpo.errors import HPOError
-from hpo.objective import TRIAL_ERRORS, Objective
-from hpo.storage import Heartbeat, display_url, is_locked, open_storage
-from hpo.study import (StudyStatus, best_completed, build_pruner, build_sampler, check_same_search, clear_stop,
-                       create_or_resume, stop_requested, study_status)
-from hpo.studyfile import StudySpec
+from cifarnet.train import RunOptions
 from dashboard.notes import annotate_trial
+from hpo.errors import HPOError
+from hpo.launcher import check_device, run_processes
+from hpo.objective import TRIAL_ERRORS, Objective
+from hpo.storage import Heartbeat, TrialSlotLock, display_url, heartbeat_enabled, is_transient, open_storage
+from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
+                       check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
+                       study_status)
+from hpo.studyfile import StudySpec
 
 _log = logging.getLogger(__name__)
-LOCKED_PAUSE_S = 2.0  # back-off after SQLite stayed locked past its busy timeout
+TRANSIENT_PAUSE_S = 2.0  # back-off after the database was locked past its busy timeout or dropped a connection
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,10 @@ class WorkerOptions:
     workers: int = 1  # local processes sharing the cores
     threads: int | None = None  # torch threads per worker; None = this machine's cores // workers
     out: TextIO | None = None  # progress lines (default: stdout)
+    devices: tuple[str, ...] = ()  # one process per entry, pinned to it (launcher.device_slots); overrides the two above
+
+    def slots(self) -> tuple[str, ...]:
+        return self.devices or (self.device,) * self.workers
 
 
 @dataclass(frozen=True)
@@ -63,81 +73,69 @@ class RunBudget:
         return self.__dict__.copy()
 
 
+class Step(enum.Enum):
+    RUN = "run a trial"
+    WAIT = "wait: the budget is spent but trials of the run are still running elsewhere"
+    STOP = "stop"
+
+
 def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> StudyStatus:
     """Create or resume the study, run `opts.workers` local workers until the budget is spent, summarise."""
     if opts.workers < 1 or (opts.threads is not None and opts.threads < 1):
         raise HPOError(f"--workers and --threads must be >= 1, got {opts.workers} and {opts.threads}")
-    resolve_data_dir(opts.data_dir)  # fail before creating anything when the data is missing
-    resolve_device(opts.device)
+    _check_inputs(opts)
     optuna.logging.set_verbosity(logging.WARNING)  # "A new study created ..." is noise next to our lines
     study = create_or_resume(spec, open_storage(spec.storage))
     now = time.time()
     trials = study.get_trials(deepcopy=False)
-    # Queued trials (the baseline of a new study, re-runs of dead trials) belong to this run.
+    # Queued trials (the baseline of a new study, re-runs of dead or interrupted trials) belong to this run.
     first = min([t.number for t in trials if t.state == TrialState.WAITING], default=len(trials))
-    budget = RunBudget(first_trial=first, n_trials=spec.n_trials, deadline=now + spec.timeout if spec.timeout else None, started=now)
-    study.set_user_attr("run_budget", budget.to_dict())
+    deadline = now + spec.timeout if spec.timeout else None
+    study.set_user_attr("run_budget", RunBudget(first, spec.n_trials, deadline, now).to_dict())
     clear_stop(study)  # an explicit start means "run again", even after an earlier run hit its target
-    if opts.workers == 1:
-        run_worker(spec, opts, seed_offset=0)
-    else:
-        _run_processes(spec, opts)
+    _run_slots(spec, opts, seeded=True)
     return study_status(spec.storage, spec.name)
-
-
-def _run_processes(spec: StudySpec, opts: WorkerOptions) -> None:
-    # spawn, not fork: torch's thread pools and open database connections do not survive a fork.
-    ctx = multiprocessing.get_context("spawn")
-    opts = dataclasses.replace(opts, out=None)  # each child prints to the inherited stdout
-    procs = [ctx.Process(target=_worker_process, args=(spec, opts, i), name=f"hpo-worker-{i}")
-             for i in range(opts.workers)]
-    for p in procs:
-        p.start()
-    try:
-        for p in procs:
-            p.join()
-    finally:
-        for p in procs:  # only on an interrupt of the parent: children got the same Ctrl-C
-            p.join(timeout=30)
-            if p.is_alive():
-                p.terminate()
-    failed = [f"{p.name} (exit code {p.exitcode})" for p in procs if p.exitcode]
-    if failed:
-        raise HPOError(f"worker(s) stopped with an error: {', '.join(failed)}; see their messages above")
-
-
-def _worker_process(spec: StudySpec, opts: WorkerOptions, index: int) -> None:
-    # The child's version of hpo.cli.main's error handling: one line, never a traceback for expected errors.
-    try:
-        run_worker(spec, opts, seed_offset=index)
-    except CifarNetError as e:
-        print(f"error: worker {index}: {e}", file=sys.stderr)
-        sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:
-        if os.environ.get("HPO_DEBUG"):
-            raise
-        print(f"error: worker {index}: unexpected {type(e).__name__}: {e} (set HPO_DEBUG=1 for the traceback)",
-              file=sys.stderr)
-        sys.exit(1)
 
 
 def join_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> StudyStatus:
-    """`hpo worker`: join a study started elsewhere, under the budget its `hpo study start` stored."""
-    run_worker(spec, opts, seed_offset=None)
+    """`hpo worker`: join a study started elsewhere, under the budget its `hpo study start` stored, with one
+    process per device slot (`opts.devices`)."""
+    _check_inputs(opts)
+    _run_slots(spec, opts, seeded=False)
     return study_status(spec.storage, spec.name)
 
 
-def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> int:
+def _check_inputs(opts: WorkerOptions) -> None:
+    """Fail before the study is touched: missing or corrupt data, a device this machine lacks."""
+    resolve_data_dir(opts.data_dir)
+    load_cifar10(opts.data_dir)  # cached: the in-process worker reuses it
+    for device in set(opts.slots()):
+        check_device(device)
+
+
+def _run_slots(spec: StudySpec, opts: WorkerOptions, seeded: bool) -> None:
+    """One worker in this process, or one process per slot. Seeded workers (`hpo study start`) get the
+    sampler seed + their index; joining ones fresh randomness, so they never replay another machine's."""
+    slots = opts.slots()
+    if len(slots) == 1:
+        run_worker(spec, dataclasses.replace(opts, device=slots[0], devices=()), seed_offset=0 if seeded else None)
+        return
+    # Each child prints to the inherited stdout; `workers` sizes its share of the cores.
+    jobs = [(spec, dataclasses.replace(opts, device=device, devices=(), workers=len(slots), out=None),
+             i if seeded else None) for i, device in enumerate(slots)]
+    run_processes(run_worker, jobs)
+
+
+def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None,
+               storage: optuna.storages.BaseStorage | None = None) -> int:
     """Run trials until the stored run budget is spent, the deadline passes or the stop flag is raised.
-    Returns the number of trials this worker ran."""
+    Returns the number of trials this worker ran. `storage` replaces the study file's (benchmarks wrap it)."""
     # One pool of cores shared by K processes: more threads than cores makes every worker crawl.
     threads = opts.threads or max(1, _cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
     w = spec.workers
-    storage = open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
+    storage = storage or open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
                                   pruner=build_pruner(spec))
@@ -147,20 +145,81 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     budget = _stored_budget(study, spec)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
-    objective = Objective(spec, splits, run_opts)
-    callbacks = [Progress(budget, opts.out or sys.stdout), Annotator(study.user_attrs.get("artifact_dir") or spec.artifact_dir)]
+    callbacks = [Progress(budget, opts.out or sys.stdout),
+                 Annotator(study.user_attrs.get("artifact_dir") or spec.artifact_dir)]
+    return run_trials(study, Objective(spec, splits, run_opts), budget, callbacks,
+                      TrialSlotLock(spec.storage, spec.name), poll_s=w.heartbeat_interval)
+
+
+def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: RunBudget,
+               callbacks: list[Callable], lock: TrialSlotLock, poll_s: float) -> int:
+    """The worker loop: under the slot lock decide the next step; to run, let optuna create the trial and
+    release the lock as the objective starts (the trial now counts for every other worker)."""
+    running: dict[str, int] = {}
+
+    def start_trial(trial: optuna.Trial) -> float:
+        lock.release()
+        running["number"] = trial.number
+        return objective(trial)
+
     ran = 0
-    while not _should_stop(study, budget):
+    while True:
+        step, pause = Step.WAIT, poll_s
+        running.clear()
         try:
-            study.optimize(objective, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks)
-            ran += 1
-        except optuna.exceptions.StorageInternalError as e:
-            # SQLite stayed locked past its busy timeout: the trial in flight (if any) is left RUNNING and
-            # is failed + re-queued through its stale heartbeat; this worker carries on.
-            if not (is_locked(e) or is_locked(e.__cause__ or e)):
+            lock.acquire()
+            step = next_step(study, budget)
+            if step is Step.RUN:
+                study.optimize(start_trial, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks)
+                ran += 1
+        except KeyboardInterrupt:
+            lock.release()
+            _requeue_after_interrupt(study, running.get("number"))
+            raise
+        except Exception as e:
+            if not is_transient(e):
                 raise
-            time.sleep(LOCKED_PAUSE_S)
-    return ran
+            # The database was locked too long or dropped the connection: a trial in flight (if any) is left
+            # RUNNING, and its stale heartbeat fails and re-queues it. This worker carries on.
+            _log.warning("warning: storage unavailable (%s); retrying in %.0f s", type(e).__name__, TRANSIENT_PAUSE_S)
+            step, pause = Step.WAIT, TRANSIENT_PAUSE_S
+        finally:
+            lock.release()
+        if step is Step.STOP:
+            return ran
+        if step is Step.WAIT:
+            time.sleep(pause)
+
+
+def next_step(study: optuna.Study, budget: RunBudget) -> Step:
+    """Run another trial, wait for others' trials to end, or stop; called under the slot lock."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # A dead worker's RUNNING trial must become FAIL (+ re-queued) before it is counted, or it would
+        # hold its budget slot forever; optimize() does this too, but only once it has decided to run.
+        optuna.storages.fail_stale_trials(study)
+    if stop_requested(study) or (budget.deadline is not None and time.time() >= budget.deadline):
+        return Step.STOP
+    if budget.n_trials is None:
+        return Step.RUN
+    trials = study.get_trials(deepcopy=False)
+    if budget_used(trials, budget) < budget.n_trials:
+        return Step.RUN
+    # Spent, but a trial running elsewhere may yet die and be re-queued; someone must stay to re-run it.
+    # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
+    still_running = any(t.state == TrialState.RUNNING and t.number >= budget.first_trial for t in trials)
+    return Step.WAIT if still_running and heartbeat_enabled(study._storage) else Step.STOP
+
+
+def _requeue_after_interrupt(study: optuna.Study, number: int | None) -> None:
+    """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
+    also do it); a database problem here must not hide the interrupt."""
+    if number is None:
+        return
+    try:
+        requeue_interrupted(study, only=number)
+    except Exception as e:
+        _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it", number, e)
 
 
 def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
@@ -174,24 +233,10 @@ def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
 
 def budget_used(trials: list[FrozenTrial], budget: RunBudget) -> int:
     """Trials of this run that count against `n_trials`. A trial failed by a stale heartbeat (no fail_reason)
-    does not count: its re-queued copy does, so a crash does not eat into the budget."""
+    or interrupted does not count: its re-queued copy does, so a crash does not eat into the budget."""
     return sum(1 for t in trials if t.number >= budget.first_trial and (
         t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and "fail_reason" in t.user_attrs)))
-
-
-def _should_stop(study: optuna.Study, budget: RunBudget) -> bool:
-    # Checked before each trial. K workers may overshoot n_trials by at most K - 1 (they check at once).
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # A dead worker's RUNNING trial must become FAIL (+ re-queued) before it is counted, or it would
-        # hold its budget slot forever; optimize() does this too, but only once it has decided to run.
-        optuna.storages.fail_stale_trials(study)
-    if stop_requested(study):
-        return True
-    if budget.deadline is not None and time.time() >= budget.deadline:
-        return True
-    return budget.n_trials is not None and budget_used(study.get_trials(deepcopy=False), budget) >= budget.n_trials
+        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in (None, INTERRUPTED_REASON))))
 
 
 def _cores() -> int:

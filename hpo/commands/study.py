@@ -1,17 +1,24 @@
-"""`hpo study start|check|list|status|best` and `hpo worker`: thin wrappers over hpo.worker / hpo.study."""
+"""`hpo study start|check|list|status|best|verify`, `hpo worker` and `hpo storage-proxy`: thin wrappers over
+hpo.worker, hpo.study and hpo.storage."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional, TypeVar
 
 import typer
 
 from hpo.cli import DataDirOpt, DeviceOpt, app
+from hpo.errors import HPOError
+from hpo.launcher import device_slots
+from hpo.storage import GRPC_DEFAULT_PORT, check_consistency, display_url, open_storage, serve_storage_proxy
 from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 from hpo.worker import WorkerOptions, join_study, start_study
+
+T = TypeVar("T")
+INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
 study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect Optuna studies on SQL storage.")
 app.add_typer(study_app, name="study")
@@ -41,8 +48,8 @@ def start_cmd(
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
     spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
-    status = start_study(spec, WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads))
-    typer.echo(format_status(status))
+    opts = WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads)
+    typer.echo(format_status(_interruptible(lambda: start_study(spec, opts))))
 
 
 @app.command("worker")
@@ -52,10 +59,42 @@ def worker_cmd(
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    devices: Annotated[Optional[str], typer.Option(
+        help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")] = None,
+    trials_per_device: Annotated[int, typer.Option(
+        help="Worker processes (so trials at once) per device; small models can share a GPU.")] = 1,
 ) -> None:
-    """Join a study started with `hpo study start` (from another process or machine) until its run ends."""
+    """Join a study started with `hpo study start` (from any process or machine) until its run ends."""
+    if devices is not None and device != "auto":
+        raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
-    typer.echo(format_status(join_study(spec, WorkerOptions(data_dir=data_dir, device=device, threads=threads))))
+    opts = WorkerOptions(data_dir=data_dir, threads=threads, devices=device_slots(devices or device, trials_per_device))
+    typer.echo(format_status(_interruptible(lambda: join_study(spec, opts))))
+
+
+@app.command("storage-proxy")
+def storage_proxy_cmd(
+    storage: Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the database to serve.")],
+    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "localhost",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = GRPC_DEFAULT_PORT,
+) -> None:
+    """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
+    --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
+    typer.echo(f"serving {display_url(storage)} at grpc://{host}:{port} (Ctrl-C stops)")
+    try:
+        serve_storage_proxy(storage, host, port)
+    except KeyboardInterrupt:
+        typer.echo("storage proxy stopped")
+
+
+def _interruptible(run: Callable[[], T]) -> T:
+    """Ctrl-C: the worker(s) marked the running trial failed and re-queued it; say so in one line."""
+    try:
+        return run()
+    except KeyboardInterrupt:
+        typer.echo("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
+                   "again; run the same command to resume", err=True)
+        raise typer.Exit(INTERRUPTED_EXIT) from None
 
 
 @study_app.command("check")
@@ -79,6 +118,15 @@ def list_cmd(storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
 def status_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
     """Trials by state, best so far, target, stop flag and why trials failed."""
     typer.echo(format_status(study_status(storage, name)))
+
+
+@study_app.command("verify")
+def verify_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
+    """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
+    problems = check_consistency(open_storage(storage), name)
+    if problems:
+        raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
+    typer.echo(f"study {name}: consistent")
 
 
 @study_app.command("best")

@@ -1,0 +1,114 @@
+"""Local worker processes: one per device slot (`hpo worker --devices 0,1 --trials-per-device 2`, or
+`hpo study start --workers K` on one device), started with spawn, stopped cleanly on Ctrl-C.
+
+A child reports expected errors as one line (like hpo.cli.main) and exits 1; 130 when interrupted.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+import torch
+
+from cifarnet.errors import CifarNetError
+from cifarnet.train import resolve_device
+from hpo.errors import HPOError
+
+FORWARD_INTERRUPT_S = 2.0  # a terminal's Ctrl-C reaches every child; after this, the ones still alive get SIGINT
+CHILD_STOP_S = 30.0  # an interrupted child records its trial as failed within this, else it is terminated
+
+
+def device_slots(devices: str, per_device: int = 1) -> tuple[str, ...]:
+    """`"0,1"` and 2 -> ("cuda:0", "cuda:0", "cuda:1", "cuda:1"); names: cpu, auto, cuda, cuda:N or N.
+    Raises HPOError for a device this machine does not have."""
+    if per_device < 1:
+        raise HPOError(f"--trials-per-device must be >= 1, got {per_device}")
+    names = [name.strip() for name in devices.split(",") if name.strip()]
+    if not names:
+        raise HPOError(f"--devices {devices!r} names no device (e.g. cpu, or 0,1 for two GPUs)")
+    slots: list[str] = []
+    for name in names:
+        device = f"cuda:{name}" if name.isdigit() else name
+        check_device(device, shown=name)
+        slots += [device] * per_device
+    return tuple(slots)
+
+
+def check_device(device: str, shown: str | None = None) -> None:
+    shown = shown or device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise HPOError(f"device {shown}: CUDA is not available on this machine (use cpu)")
+    try:
+        resolved = resolve_device(device)
+    except CifarNetError:
+        raise HPOError(f"unknown device {shown!r} (use cpu, auto, cuda, cuda:N or a GPU index N)") from None
+    if resolved.type == "cuda" and resolved.index is not None and resolved.index >= torch.cuda.device_count():
+        raise HPOError(f"device {shown}: this machine has {torch.cuda.device_count()} GPU(s) "
+                       f"(indices 0..{torch.cuda.device_count() - 1})")
+
+
+def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
+    """Run `target(*job)` in one spawned process per job; raise HPOError naming the ones that failed.
+
+    spawn, not fork: torch's thread pools and open database connections do not survive a fork.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_child, args=(target, job, i), name=f"hpo-worker-{i}") for i, job in enumerate(jobs)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:
+        _interrupt(procs)
+        raise
+    failed = [_describe_exit(p) for p in procs if p.exitcode]
+    if failed:
+        raise HPOError(f"worker(s) stopped early: {', '.join(failed)}. Trials they left running are failed by "
+                       "their stale heartbeat and re-run by the other workers")
+
+
+def _child(target: Callable[..., Any], job: tuple, index: int) -> None:
+    # The child's version of hpo.cli.main's error handling: one line, never a traceback for expected errors.
+    try:
+        target(*job)
+    except CifarNetError as e:
+        print(f"error: worker {index}: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get("HPO_DEBUG"):
+            raise
+        print(f"error: worker {index}: unexpected {type(e).__name__}: {e} (set HPO_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        sys.exit(1)
+
+
+def _interrupt(procs: list[multiprocessing.Process]) -> None:
+    """Ctrl-C in a terminal reaches the whole process group; `kill -INT` reaches the parent alone. Give the
+    children time to stop on their own, then forward the interrupt once (a second one could cut short the
+    write that records their trial as failed), then terminate what is left."""
+    deadline = time.monotonic() + FORWARD_INTERRUPT_S
+    for p in procs:
+        p.join(timeout=max(0.0, deadline - time.monotonic()))
+    for p in procs:
+        if p.is_alive():
+            os.kill(p.pid, signal.SIGINT)
+    for p in procs:
+        p.join(timeout=CHILD_STOP_S)
+        if p.is_alive():
+            p.terminate()
+            p.join()
+
+
+def _describe_exit(p: multiprocessing.Process) -> str:
+    code = p.exitcode
+    if code is not None and code < 0:
+        return f"{p.name} killed by {signal.Signals(-code).name}"
+    return f"{p.name} interrupted" if code == 130 else f"{p.name} (exit code {code})"
