@@ -1,0 +1,68 @@
+"""What a study run achieved and what pruning saved: the figures `hpo study summary` writes to results/.
+
+Epochs saved = for every trial that reached training, the epochs its budget allowed minus the epochs it ran;
+over-budget configurations rejected before training are counted apart (they cost no epoch either way).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from optuna.trial import FrozenTrial, TrialState
+
+from cifarnet.hardware import now_iso
+from hpo.storage import display_url
+from hpo.study import best_completed, best_record, count_states, load_study
+from hpo.studyfile import spec_from_dict
+
+
+def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
+    study = load_study(storage_url, name)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    spec = spec_from_dict(study.user_attrs["study_file"])
+    epochs_budget = spec.base.epochs
+    trained = [t for t in trials if t.user_attrs.get("curve")]
+    rejected = [t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get("curve")]
+    epochs_run = sum(len(t.user_attrs["curve"]) for t in trained)
+    epochs_if_unpruned = epochs_budget * len(trained)
+    seconds = [s for t in trained for s in t.user_attrs.get("epoch_times", [])]
+    best = best_completed(trials)
+    started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
+    ended = max((t.datetime_complete for t in trials if t.datetime_complete), default=None)
+    return {
+        "study": name, "storage": display_url(storage_url), "date": now_iso(),
+        "trials": count_states(study.get_trials(deepcopy=False)),
+        "trained_trials": len(trained), "rejected_before_training": len(rejected),
+        "epochs_per_trial_budget": epochs_budget, "train_images_per_epoch": spec.data.train_size,
+        "epochs_run": epochs_run, "epochs_if_no_pruning": epochs_if_unpruned,
+        "epochs_saved_by_pruning": epochs_if_unpruned - epochs_run,
+        "mean_epoch_s": sum(seconds) / len(seconds) if seconds else None,
+        "wall_time_s": (ended - started).total_seconds() if started and ended else None,
+        "best": best_record(study, best) if best else None,
+        "baseline": _baseline(trials),
+    }
+
+
+def _baseline(trials: list[FrozenTrial]) -> dict[str, Any] | None:
+    seed = next((t for t in trials if t.user_attrs.get("seed_baseline")), None)
+    if seed is None:
+        return None
+    return {"trial": seed.number, "state": seed.state.name, "val_acc": seed.value,
+            "params_count": seed.user_attrs.get("params_count")}
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    best = s["best"]
+    lines = [
+        f"study {s['study']} ({s['storage']}): {s['trials']['complete']} complete, {s['trials']['pruned']} pruned "
+        f"({s['rejected_before_training']} rejected before training), {s['trials']['fail']} failed",
+        f"epochs run {s['epochs_run']} of {s['epochs_if_no_pruning']} without pruning: "
+        f"{s['epochs_saved_by_pruning']} saved",
+    ]
+    if s["wall_time_s"] is not None:
+        lines.append(f"wall time {s['wall_time_s'] / 60:.1f} min, mean epoch {s['mean_epoch_s']:.1f}s")
+    if best:
+        lines.append(f"best: trial {best['trial']} val_acc {best['val_acc']:.4f} ({best['params_count']:,} params)")
+    if s["baseline"] and s["baseline"]["val_acc"] is not None:
+        lines.append(f"baseline (original CifarNet, trial {s['baseline']['trial']}): val_acc {s['baseline']['val_acc']:.4f}")
+    return "\n".join(lines)

@@ -1,0 +1,41 @@
+import json
+import subprocess
+
+from optuna.trial import TrialState
+
+from hpo.study import load_study
+from hpo.studyfile import load_study_file
+from hpo.summary import summarize_study
+from hpo.worker import WorkerOptions, start_study
+from tests.hpo.studyfiles import write_study
+
+
+def test_summary_counts_epochs_saved_by_pruning(tmp_path, tiny_cifar, storage_url, study_name):
+    # An aggressive pruner and a parameter budget that rejects the plain-conv half of the space.
+    path = write_study(tmp_path, study_name, storage_url, study={"trials": 6, "max_params": 6000},
+                       pruner={"n_startup_trials": 1, "n_warmup_steps": 1})
+    start_study(load_study_file(path), WorkerOptions(data_dir=str(tiny_cifar), threads=1))
+    s = summarize_study(storage_url, study_name)
+    trials = load_study(storage_url, study_name).get_trials()
+    trained = [t for t in trials if t.user_attrs.get("curve")]
+    assert s["trials"]["complete"] + s["trials"]["pruned"] == len(trials) == 6
+    assert s["epochs_run"] == sum(len(t.user_attrs["curve"]) for t in trained)
+    assert s["epochs_if_no_pruning"] == 3 * len(trained)
+    pruned_in_training = [t for t in trained if t.state == TrialState.PRUNED]
+    assert s["epochs_saved_by_pruning"] == sum(3 - len(t.user_attrs["curve"]) for t in pruned_in_training)
+    assert s["rejected_before_training"] == sum(1 for t in trials if not t.user_attrs.get("curve"))
+    assert s["baseline"]["trial"] == 0 and s["best"]["val_acc"] == max(t.value for t in trials if t.value is not None)
+
+    out = tmp_path / "summary.json"
+    r = subprocess.run(["hpo", "study", "summary", study_name, "--storage", storage_url, "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert f"{s['epochs_saved_by_pruning']} saved" in r.stdout
+    assert json.loads(out.read_text())["epochs_run"] == s["epochs_run"]
+
+
+def test_summary_of_unknown_study_is_one_line(tmp_path):
+    db = tmp_path / "x.db"
+    r = subprocess.run(["hpo", "study", "summary", "nope", "--storage", f"sqlite:///{db}"], capture_output=True,
+                       text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
