@@ -20,13 +20,16 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import signal
 import sqlite3
+import threading
 import time
 import warnings
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -70,11 +73,13 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storage
                 # The heartbeat options are marked experimental, but are the documented crash-safety path.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return ReconnectingRDBStorage(url, engine_kwargs=kwargs, **_heartbeat_kwargs(heartbeat))
-        except OperationalError as e:
-            if is_locked(e) and attempt + 1 < OPEN_RETRIES:
+        except (OperationalError, optuna.exceptions.StorageInternalError) as e:
+            # Locked: another process is creating the schema. Disconnect: the server dropped the connection.
+            if is_transient(e) and attempt + 1 < OPEN_RETRIES:
                 time.sleep(0.5 * 2**attempt)
                 continue
-            raise StorageError(f"cannot open storage {display_url(url)}: {_first_line(e.orig or e)}") from None
+            cause = e.orig if isinstance(e, OperationalError) else e.__cause__
+            raise StorageError(f"cannot open storage {display_url(url)}: {_first_line(cause or e)}") from None
         except (SQLAlchemyError, RuntimeError, ValueError) as e:  # e.g. schema of a newer optuna
             raise StorageError(f"cannot open storage {display_url(url)}: {_first_line(e)}") from None
     raise AssertionError("unreachable")
@@ -124,20 +129,25 @@ def display_url(url: str) -> str:
 
 def is_locked(error: BaseException) -> bool:
     """SQLite's "database is locked" / "database table is locked" (another process holds the write lock)."""
-    return "is locked" in str(error)
+    return any("is locked" in str(e) for e in _chain(error))
 
 
 def is_disconnect(error: BaseException) -> bool:
     """The database connection died under a call (server restart, pg_terminate_backend, network)."""
-    for e in (error, error.__cause__, error.__context__):
-        if isinstance(e, DBAPIError) and e.connection_invalidated:
-            return True
-    return False
+    return any(isinstance(e, DBAPIError) and e.connection_invalidated for e in _chain(error))
 
 
 def is_transient(error: BaseException) -> bool:
     """An error a worker outlives by waiting and carrying on: a lock held too long, a dropped connection."""
-    return is_disconnect(error) or any(is_locked(e) for e in (error, error.__cause__) if e is not None)
+    return is_locked(error) or is_disconnect(error)
+
+
+def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseException]:
+    """The error and what caused it: optuna wraps SQLAlchemy's errors, and sometimes retries on the broken
+    session first, so the dropped connection can be a few links down."""
+    while error is not None and depth:
+        yield error
+        error, depth = error.__cause__ or error.__context__, depth - 1
 
 
 class ReconnectingRDBStorage(optuna.storages.RDBStorage):
@@ -145,13 +155,13 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
 
     pool_pre_ping replaces connections that died while idle in the pool; this covers the rarer case of a
     connection dying during a call: each call is one transaction, rolled back by the failure, so running it
-    again on a fresh connection is safe. A heartbeat that fails is skipped (the next one comes within
+    again on a fresh connection is safe. A heartbeat that fails twice is skipped (the next one comes within
     `heartbeat_interval`), so the heartbeat thread never dies and leaves a live trial to look dead.
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            super().record_heartbeat(trial_id)
+            _retry_once_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)(self, trial_id)
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             if not is_transient(e):
                 raise
@@ -161,22 +171,78 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
 def _retry_once_on_disconnect(method: Callable) -> Callable:
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        try:
-            return method(self, *args, **kwargs)
-        except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
-            if not is_disconnect(e):
-                raise
-            return method(self, *args, **kwargs)
+        with _interrupts_held():
+            try:
+                return method(self, *args, **kwargs)
+            except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+                if not is_disconnect(e):
+                    raise
+                return method(self, *args, **kwargs)
     return call
 
 
-# Every call a worker makes between trials and during one (creating, reading and updating trials and attrs).
-for _name in ("create_new_trial", "set_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
-              "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials",
-              "get_trial_id_from_study_id_trial_number", "set_study_user_attr", "set_study_system_attr",
-              "get_study_user_attrs", "get_study_system_attrs", "get_study_id_from_name", "get_all_studies",
-              "get_study_directions", "get_study_name_from_id", "_get_stale_trial_ids"):
-    setattr(ReconnectingRDBStorage, _name, _retry_once_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
+class _HeldInterrupt(threading.local):
+    depth = 0  # storage calls in progress on this thread
+    pending = False  # a Ctrl-C arrived during one
+
+
+_held = _HeldInterrupt()
+
+
+@contextmanager
+def _interrupts_held() -> Iterator[None]:
+    """A Ctrl-C during the call is raised right after it (see `interrupts_between_storage_calls`)."""
+    _held.depth += 1
+    try:
+        yield
+    finally:
+        _held.depth -= 1
+        if _held.depth == 0 and _held.pending:
+            _held.pending = False
+            raise KeyboardInterrupt
+
+
+@contextmanager
+def interrupts_between_storage_calls() -> Iterator[None]:
+    """Hold Ctrl-C while a storage call runs on the main thread and raise it as soon as the call returns.
+
+    Why: KeyboardInterrupt raised inside a database call breaks the session it interrupts (seen: an
+    AssertionError inside SQLAlchemy's commit; psycopg cancelling the query), so the trial could not then be
+    recorded as interrupted. During training, Ctrl-C is raised at once as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        if _held.depth:
+            _held.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _held.pending = False
+
+
+# Each is one transaction of its own (so safe to run again): the storage API, and the private ones optuna's
+# cache (_CachedStorage, which wraps every RDBStorage a study uses) calls instead of the public ones. Helpers
+# that take a session (`*_without_commit`) run inside another call's transaction and are not retried.
+RETRIED_CALLS = (
+    "create_new_study", "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
+    "get_study_user_attrs", "get_study_system_attrs", "set_study_user_attr", "set_study_system_attr",
+    "get_all_studies", "create_new_trial", "set_trial_param", "set_trial_state_values",
+    "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr",
+    "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "get_best_trial",
+    "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs",
+    "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids",
+)
+for _name in RETRIED_CALLS:
+    if hasattr(optuna.storages.RDBStorage, _name):  # private names may move in a later optuna
+        setattr(ReconnectingRDBStorage, _name, _retry_once_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 
 def _engine_kwargs(url: URL) -> dict:
@@ -230,14 +296,18 @@ def _open_grpc_proxy(url: URL) -> optuna.storages.BaseStorage:
     return proxy
 
 
-def serve_storage_proxy(url: str, host: str = "localhost", port: int = GRPC_DEFAULT_PORT) -> None:
-    """Serve the database at `url` to workers over gRPC (`--storage grpc://HOST:PORT`) until interrupted."""
+def serve_storage_proxy(url: str, host: str = "localhost", port: int = GRPC_DEFAULT_PORT,
+                        on_ready: Callable[[str], None] | None = None) -> None:
+    """Serve the database at `url` to workers over gRPC (`--storage grpc://HOST:PORT`) until interrupted;
+    `on_ready` gets a one-line description once the database is open."""
     _import_grpc("hpo storage-proxy")
     if parse_url(url).drivername == GRPC_SCHEME:
         raise StorageError("hpo storage-proxy serves a database: give it a sqlite:// or postgresql:// URL")
     # The proxy answers many workers from one process: optuna's cached storage saves it re-reading
     # finished trials (the server-side setup optuna's documentation asks for).
     storage = optuna.storages.get_storage(open_storage(url))
+    if on_ready:
+        on_ready(f"serving {display_url(url)} at grpc://{host}:{port} (Ctrl-C stops)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         try:

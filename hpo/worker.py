@@ -37,7 +37,8 @@ from dashboard.notes import annotate_trial
 from hpo.errors import HPOError
 from hpo.launcher import check_device, run_processes
 from hpo.objective import TRIAL_ERRORS, Objective
-from hpo.storage import Heartbeat, TrialSlotLock, display_url, heartbeat_enabled, is_transient, open_storage
+from hpo.storage import (Heartbeat, TrialSlotLock, display_url, heartbeat_enabled, interrupts_between_storage_calls,
+                         is_transient, open_storage)
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -147,8 +148,9 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None,
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     callbacks = [Progress(budget, opts.out or sys.stdout),
                  Annotator(study.user_attrs.get("artifact_dir") or spec.artifact_dir)]
-    return run_trials(study, Objective(spec, splits, run_opts), budget, callbacks,
-                      TrialSlotLock(spec.storage, spec.name), poll_s=w.heartbeat_interval)
+    with interrupts_between_storage_calls():  # so a Ctrl-C can always be recorded on the trial
+        return run_trials(study, Objective(spec, splits, run_opts), budget, callbacks,
+                          TrialSlotLock(spec.storage, spec.name), poll_s=w.heartbeat_interval)
 
 
 def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: RunBudget,

@@ -12,7 +12,7 @@ import typer
 from hpo.cli import DataDirOpt, DeviceOpt, app
 from hpo.errors import HPOError
 from hpo.launcher import device_slots
-from hpo.storage import GRPC_DEFAULT_PORT, check_consistency, display_url, open_storage, serve_storage_proxy
+from hpo.storage import GRPC_DEFAULT_PORT, check_consistency, open_storage, serve_storage_proxy
 from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 from hpo.worker import WorkerOptions, join_study, start_study
@@ -80,9 +80,8 @@ def storage_proxy_cmd(
 ) -> None:
     """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
     --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
-    typer.echo(f"serving {display_url(storage)} at grpc://{host}:{port} (Ctrl-C stops)")
     try:
-        serve_storage_proxy(storage, host, port)
+        serve_storage_proxy(storage, host, port, on_ready=typer.echo)
     except KeyboardInterrupt:
         typer.echo("storage proxy stopped")
 

@@ -1,0 +1,267 @@
+"""Distributed and crash-safe studies on the real PostgreSQL (and SQLite where it matters): many workers, killed
+workers, Ctrl-C, dropped database connections, the gRPC storage proxy and bad input. Tiny data throughout:
+the tiny_cifar fixture, TINY_STUDY's narrow models, heartbeat 1 s and grace period 3 s.
+
+Covered elsewhere, not repeated here: a NaN loss fails its trial with the reason stored while the study goes
+on (test_study.py), malformed and unreachable URLs (test_storage.py), two `--workers` on SQLite and on
+PostgreSQL (test_study_cli.py)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import sqlalchemy
+import torch
+from optuna.trial import TrialState
+
+from hpo.errors import HPOError
+from hpo.launcher import device_slots
+from hpo.storage import check_consistency, open_storage
+from hpo.studyfile import load_study_file
+from hpo.worker import WorkerOptions, start_study
+from tests.conftest import POSTGRES_URL
+from tests.hpo.studyfiles import write_study
+
+HPO = str(Path(sys.executable).parent / "hpo")
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+
+storage_for = functools.cache(open_storage)  # one connection pool per URL for the session
+
+
+@pytest.fixture
+def pg_url() -> str:
+    """The real PostgreSQL; studies the test created are deleted after."""
+    before = {s.study_name for s in optuna.get_all_study_summaries(storage_for(POSTGRES_URL))}
+    yield POSTGRES_URL
+    for s in optuna.get_all_study_summaries(storage_for(POSTGRES_URL)):
+        if s.study_name not in before:
+            optuna.delete_study(study_name=s.study_name, storage=storage_for(POSTGRES_URL))
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage_for(url)).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def hpo_popen(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([HPO, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            **kwargs)
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout_s: float = 90):
+    """Poll until `condition()` is truthy (and return it) while `proc` still runs."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"hpo ended before {what}: {proc.communicate()}"
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
+    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
+
+
+def test_six_workers_two_killed_end_with_exactly_n_trials(tmp_path, tiny_cifar, pg_url, study_name):
+    n = 10
+    # 4 epochs: a trial caught after epoch 1 has seconds left to be killed in.
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 4})
+    proc = hpo_popen("study", "start", str(path), "--n-trials", str(n), "--workers", "6", "--threads", "1",
+                     "--data-dir", str(tiny_cifar), cwd=tmp_path)
+
+    def two_running_workers():
+        running = {worker_pid(t): t.number for t in trials_of(pg_url, study_name)
+                   if t.state == TrialState.RUNNING and len(t.user_attrs.get("curve", [])) == 1}
+        return dict(list(running.items())[:2]) if len(running) >= 2 else None
+
+    victims = wait_for(two_running_workers, proc, "two workers had a trial running")
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and err.startswith("error: worker(s) stopped early: ") and err.count("\n") == 1
+    assert err.count("killed by SIGKILL") == 2
+
+    trials = trials_of(pg_url, study_name)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
+    assert len([t for t in trials if t.state in DONE]) == n
+    killed = [t for t in trials if t.number in victims.values()]
+    assert [t for t in trials if t.state not in DONE] == killed  # nothing else failed, nothing left running
+    for dead in killed:
+        assert dead.state == TrialState.FAIL and "fail_reason" not in dead.user_attrs
+        rerun = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert len(rerun) == 1 and rerun[0].state in DONE and rerun[0].params == dead.params
+        assert worker_pid(rerun[0]) not in victims
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
+
+def test_sqlite_worker_slots_join_a_running_study_without_lock_errors(tmp_path, tiny_cifar, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 4})
+    data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
+    start = hpo_popen("study", "start", str(path), "--n-trials", "10", *data, cwd=tmp_path)
+    wait_for(lambda: trials_of(url, study_name), start, "the study was created")
+    worker = subprocess.run([HPO, "worker", str(path), "--devices", "cpu", "--trials-per-device", "2", *data],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    out, err = start.communicate(timeout=120)
+    assert start.returncode == 0 and worker.returncode == 0, err + worker.stderr
+    assert "locked" not in out + err + worker.stdout + worker.stderr
+    trials = trials_of(url, study_name)
+    assert len(trials) == 10 and all(t.state in DONE for t in trials)  # exact: the slot lock held
+    assert len({t.user_attrs["worker"] for t in trials}) >= 2  # the joined processes ran trials too
+    assert check_consistency(storage_for(url), study_name) == []
+
+
+def test_ctrl_c_fails_the_trial_and_the_next_start_resumes(tmp_path, tiny_cifar, pg_url, study_name):
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 12})
+    args = ["study", "start", str(path), "--n-trials", "1", "--data-dir", str(tiny_cifar), "--threads", "1"]
+    proc = hpo_popen(*args, cwd=tmp_path)
+    wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
+             "trial 0 finished an epoch")
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, (out, err)
+    assert err.startswith("interrupted: ") and err.count("\n") == 1
+
+    interrupted, queued = trials_of(pg_url, study_name)
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
+    assert queued.state == TrialState.WAITING and queued.params == interrupted.params
+    assert queued.user_attrs["seed_baseline"] and "fail_reason" not in queued.user_attrs
+    assert queued.system_attrs["failed_trial"] == 0
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
+    resumed = subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = trials_of(pg_url, study_name)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # the baseline, measured
+    assert trials[1].user_attrs["seed_baseline"] and len(trials[1].user_attrs["curve"]) == 12
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
+
+def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_cifar, pg_url, study_name):
+    app = f"hpo-test-{uuid.uuid4().hex[:8]}"  # only this test's connections are terminated
+    url = f"{pg_url}?application_name={app}"
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 8})
+    proc = hpo_popen("study", "start", str(path), "--n-trials", "3", "--data-dir", str(tiny_cifar),
+                     "--threads", "1", cwd=tmp_path)
+    wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
+             "trial 0 finished an epoch")
+    admin = sqlalchemy.create_engine(pg_url, poolclass=sqlalchemy.pool.NullPool)
+    dropped = 0
+    while proc.poll() is None:
+        with admin.connect() as conn:
+            dropped += conn.execute(sqlalchemy.text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'test' "
+                "AND pid <> pg_backend_pid() AND application_name = :app"), {"app": app}).scalar()
+        time.sleep(0.25)
+    out, err = proc.communicate()
+    assert proc.returncode == 0, err
+    assert dropped >= 3 and "Traceback" not in err
+    trials = trials_of(pg_url, study_name)
+    assert len(trials) == 3 and all(t.state in DONE for t in trials)
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
+
+def test_storage_proxy_serves_a_study(tmp_path, tiny_cifar, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = hpo_popen("storage-proxy", "--storage", url, "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
+    try:
+        path = write_study(tmp_path, study_name, f"grpc://127.0.0.1:{port}")
+        r = subprocess.run([HPO, "study", "start", str(path), "--n-trials", "2", "--data-dir", str(tiny_cifar),
+                            "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert r.returncode == 0, r.stderr
+    finally:
+        proxy.send_signal(signal.SIGINT)
+        out, err = proxy.communicate(timeout=30)
+    assert proxy.returncode == 0 and "storage proxy stopped" in out, err
+    trials = trials_of(url, study_name)  # the database behind the proxy
+    assert len(trials) == 2 and all(t.state in DONE for t in trials)
+    assert check_consistency(storage_for(url), study_name) == []
+
+
+# --- bad input: one clear line, exit code 1, nothing stored lost ------------------------------------------------
+
+def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert all(w in r.stderr for w in words), r.stderr
+
+
+def test_bad_input_is_one_line_and_loses_nothing(tmp_path, tiny_cifar, pg_url, study_name):
+    path = write_study(tmp_path, study_name, pg_url)
+    spec = load_study_file(path, n_trials=1)
+    start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), threads=1, out=open(os.devnull, "w")))
+    before = [(t.number, t.state, t.params, t.value) for t in trials_of(pg_url, study_name)]
+    budget = optuna.load_study(study_name=study_name, storage=storage_for(pg_url)).user_attrs["run_budget"]
+
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tiny_cifar, truncated)
+    batch = truncated / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    other = write_study(tmp_path, f"{study_name}-other", pg_url)  # same storage, another study's name
+    (tmp_path / "changed").mkdir()
+    changed = write_study(tmp_path / "changed", study_name, pg_url, space={"width1": {"choices": [4, 8, 12]}})
+    data = ["--data-dir", str(tiny_cifar)]
+    for args, words in [
+        (["study", "start", str(path), "--data-dir", str(truncated)], ["data_batch_3", "truncated or corrupt"]),
+        (["worker", str(other), *data], ["no study", "hpo study start"]),
+        (["worker", str(changed), *data], ["different [space]"]),
+        (["worker", str(other), "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test", *data],
+         ["cannot open storage"]),
+    ]:
+        _one_line_error(subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True), *words)
+
+    assert [(t.number, t.state, t.params, t.value) for t in trials_of(pg_url, study_name)] == before
+    study = optuna.load_study(study_name=study_name, storage=storage_for(pg_url))
+    assert study.user_attrs["run_budget"] == budget  # the truncated data was found before the study was touched
+    assert f"{study_name}-other" not in {s.study_name for s in optuna.get_all_study_summaries(storage_for(pg_url))}
+
+
+# --- the consistency check itself, and device slots ---------------------------------------------------------------
+
+def test_consistency_check_finds_broken_records(tmp_path, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name=study_name, storage=storage_for(url), direction="maximize")
+    assert "study user_attr 'study_file' is missing" in check_consistency(storage_for(url), study_name, 3)
+    orphan = study.ask()  # RUNNING, and no worker ever sent a heartbeat for it
+    study.tell(study.ask(), 0.5)
+    dead = optuna.trial.create_trial(state=TrialState.FAIL)
+    study.add_trial(dead)
+    for _ in range(2):  # the same dead trial re-queued twice
+        study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={
+            "failed_trial": 2, "retry_history": [2]}))
+    problems = check_consistency(storage_for(url), study_name, 3)
+    assert f"trial {orphan.number} is RUNNING with no heartbeat" in problems
+    assert "trial 2 was re-queued 2 times" in problems
+
+
+def test_device_slots():
+    assert device_slots("cpu", 3) == ("cpu", "cpu", "cpu")
+    assert device_slots("cpu, cpu", 1) == ("cpu", "cpu")
+    with pytest.raises(HPOError, match="must be >= 1"):
+        device_slots("cpu", 0)
+    with pytest.raises(HPOError, match="unknown device 'tpu'"):
+        device_slots("tpu")
+    if torch.cuda.is_available():
+        assert device_slots("0", 2) == ("cuda:0", "cuda:0")
+    else:  # this CPU-only machine: a clear error, not a crash in the first trial
+        with pytest.raises(HPOError, match="device 0: CUDA is not available"):
+            device_slots("0,1")
