@@ -2,10 +2,12 @@
 
 - Malformed or unreachable URLs raise `StorageError` with one line (password hidden).
 - SQLite: a busy timeout and WAL journal, so several local workers wait for each other instead of failing
-  with "database is locked"; opening retries while another process is still creating the schema.
+  with "database is locked"; opening retries while another process is still creating the schema;
+  synchronous=NORMAL, so commits do not wait for the disk (safe against killed processes).
 - PostgreSQL/MySQL: `pool_pre_ping`, so a connection dropped by the server (restart, idle timeout,
   pg_terminate_backend) is replaced at its next use; a storage call that was on the connection when it
   dropped is retried once on a new one. A connect timeout makes an unreachable host fail in seconds.
+  PostgreSQL sessions commit asynchronously (POSTGRES_SESSION_OPTIONS).
 - Optional heartbeat: a trial whose worker died is marked FAIL after `grace_period` and re-queued by optuna's
   `RetryHeartbeatStaleTrialCallback` (the retry keeps the parameters; system_attrs "failed_trial" links it).
 - `grpc://HOST:PORT`: optuna's gRPC storage proxy (`serve_storage_proxy`, `hpo storage-proxy`), so hundreds
@@ -43,6 +45,10 @@ from hpo.studyfile import spec_from_dict
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another process's lock before giving up
 CONNECT_TIMEOUT_S = 10  # unreachable database servers (and proxies) fail after this
 OPEN_RETRIES = 5  # attempts while another process holds the lock during schema creation
+# A commit returns before the server has flushed it to disk: storage calls get ~3x faster (5 -> 1.5 ms here).
+# A crash of the database server may lose the last fraction of a second of commits, never consistency: a trial
+# whose end was lost looks RUNNING, its heartbeat is stale, and it is failed and re-run.
+POSTGRES_SESSION_OPTIONS = "-c synchronous_commit=off"
 GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
 GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
@@ -159,6 +165,19 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     `heartbeat_interval`), so the heartbeat thread never dies and leaves a live trial to look dead.
     """
 
+    def __init__(self, url: str, **kwargs: Any):
+        super().__init__(url, **kwargs)
+        self._tune_sqlite()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:  # unpickling builds a new engine
+        super().__setstate__(state)
+        self._tune_sqlite()
+
+    def _tune_sqlite(self) -> None:
+        if self.engine.dialect.name == "sqlite":
+            sqlalchemy.event.listen(self.engine, "connect", _sqlite_synchronous_normal)
+            self.engine.dispose()  # connections opened for the schema check reconnect with the setting
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             _retry_once_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)(self, trial_id)
@@ -166,6 +185,13 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
             if not is_transient(e):
                 raise
             _log.warning("warning: heartbeat of trial id %d skipped: %s", trial_id, _first_line(e.__cause__ or e))
+
+
+def _sqlite_synchronous_normal(dbapi_connection: Any, connection_record: Any) -> None:
+    """WAL with synchronous=NORMAL: a commit no longer waits for an fsync (3.5 ms each on this machine's
+    disk, several per storage call). A killed process loses nothing and the file cannot be corrupted; only
+    a power loss or OS crash may roll back the last commits (SQLite's documented trade-off)."""
+    dbapi_connection.execute("PRAGMA synchronous=NORMAL")
 
 
 def _retry_once_on_disconnect(method: Callable) -> Callable:
@@ -248,7 +274,11 @@ for _name in RETRIED_CALLS:
 def _engine_kwargs(url: URL) -> dict:
     if url.get_backend_name() == "sqlite":
         return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S} if url.get_backend_name() == "postgresql" else {}
+    connect_args: dict[str, Any] = {}
+    if url.get_backend_name() == "postgresql":
+        connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
+        if "options" not in url.query:  # the URL's own session options win
+            connect_args["options"] = POSTGRES_SESSION_OPTIONS
     return {"pool_pre_ping": True, "connect_args": connect_args}
 
 

@@ -85,17 +85,23 @@ def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> Study
     if opts.workers < 1 or (opts.threads is not None and opts.threads < 1):
         raise HPOError(f"--workers and --threads must be >= 1, got {opts.workers} and {opts.threads}")
     _check_inputs(opts)
+    begin_run(spec)
+    _run_slots(spec, opts, seeded=True)
+    return study_status(spec.storage, spec.name)
+
+
+def begin_run(spec: StudySpec) -> RunBudget:
+    """Create or resume the study and store this run's budget, which every worker then obeys."""
     optuna.logging.set_verbosity(logging.WARNING)  # "A new study created ..." is noise next to our lines
     study = create_or_resume(spec, open_storage(spec.storage))
     now = time.time()
     trials = study.get_trials(deepcopy=False)
     # Queued trials (the baseline of a new study, re-runs of dead or interrupted trials) belong to this run.
     first = min([t.number for t in trials if t.state == TrialState.WAITING], default=len(trials))
-    deadline = now + spec.timeout if spec.timeout else None
-    study.set_user_attr("run_budget", RunBudget(first, spec.n_trials, deadline, now).to_dict())
+    budget = RunBudget(first, spec.n_trials, now + spec.timeout if spec.timeout else None, now)
+    study.set_user_attr("run_budget", budget.to_dict())
     clear_stop(study)  # an explicit start means "run again", even after an earlier run hit its target
-    _run_slots(spec, opts, seeded=True)
-    return study_status(spec.storage, spec.name)
+    return budget
 
 
 def join_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> StudyStatus:
@@ -127,16 +133,15 @@ def _run_slots(spec: StudySpec, opts: WorkerOptions, seeded: bool) -> None:
     run_processes(run_worker, jobs)
 
 
-def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None,
-               storage: optuna.storages.BaseStorage | None = None) -> int:
+def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> int:
     """Run trials until the stored run budget is spent, the deadline passes or the stop flag is raised.
-    Returns the number of trials this worker ran. `storage` replaces the study file's (benchmarks wrap it)."""
+    Returns the number of trials this worker ran."""
     # One pool of cores shared by K processes: more threads than cores makes every worker crawl.
     threads = opts.threads or max(1, _cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
     w = spec.workers
-    storage = storage or open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
+    storage = open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
                                   pruner=build_pruner(spec))
