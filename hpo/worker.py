@@ -186,8 +186,9 @@ def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], 
         except Exception as e:
             if not is_transient(e):
                 raise
-            # The database was locked too long or dropped the connection: a trial in flight (if any) is left
-            # RUNNING, and its stale heartbeat fails and re-queues it. This worker carries on.
+            # The database was locked too long or dropped the connection twice in a row: a trial in flight
+            # was failed with the reason, or (if even that write failed) is left RUNNING for its stale
+            # heartbeat to fail and re-queue. This worker carries on.
             _log.warning("warning: storage unavailable (%s); retrying in %.0f s", type(e).__name__, TRANSIENT_PAUSE_S)
             step, pause = Step.WAIT, TRANSIENT_PAUSE_S
         finally:

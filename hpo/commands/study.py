@@ -12,7 +12,8 @@ import typer
 from hpo.cli import DataDirOpt, DeviceOpt, app
 from hpo.errors import HPOError
 from hpo.launcher import device_slots
-from hpo.storage import GRPC_DEFAULT_PORT, check_consistency, open_storage, serve_storage_proxy
+from hpo.consistency import check_consistency
+from hpo.storage import GRPC_DEFAULT_PORT, open_storage, serve_storage_proxy
 from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 from hpo.worker import WorkerOptions, join_study, start_study

@@ -27,7 +27,8 @@ from optuna.trial import TrialState
 
 from hpo.errors import HPOError
 from hpo.launcher import device_slots
-from hpo.storage import check_consistency, open_storage
+from hpo.consistency import check_consistency
+from hpo.storage import open_storage
 from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
 from tests.conftest import POSTGRES_URL

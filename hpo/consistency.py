@@ -1,0 +1,103 @@
+"""What must hold in a study's records after any crash of any worker (`hpo study verify`).
+
+`check_consistency(storage, study_name)` returns the problems it finds (empty: consistent). Heartbeat times
+and orphaned rows are not visible through optuna's storage API, so those two checks read the tables of an
+RDB storage (behind the gRPC proxy they are skipped).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from typing import Any
+
+import optuna
+import sqlalchemy
+from optuna.trial import TrialState
+
+from hpo.errors import StorageError, StudyFileError
+from hpo.studyfile import spec_from_dict
+
+REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
+
+
+def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
+                      grace_period: float | None = None) -> list[str]:
+    """What is wrong with a study's records (empty: consistent). Holds after any crash of any worker:
+
+    - trial numbers are 0..M-1, each once;
+    - every trial is finished (COMPLETE with a value, PRUNED, FAIL) or WAITING, or RUNNING with a heartbeat
+      younger than `grace_period` (default: the study file's [workers] grace_period);
+    - intermediate values are epochs 1..k, and none belongs to a trial that does not exist;
+    - a dead trial is re-queued at most once, and only a FAILED one;
+    - the study user_attrs hpo relies on are there and the stored study file is valid.
+    """
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        raise StorageError(f"no study named {study_name!r}") from None
+    problems = _check_study_attrs(study.user_attrs)
+    if grace_period is None and not problems:
+        grace_period = spec_from_dict(study.user_attrs["study_file"]).workers.grace_period
+    trials = study.get_trials(deepcopy=False)
+    numbers = sorted(t.number for t in trials)
+    if numbers != list(range(len(trials))):
+        dupes = sorted(n for n, c in Counter(numbers).items() if c > 1)
+        problems.append(f"trial numbers are not 0..{len(trials) - 1} once each (duplicates: {dupes})")
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        if steps != list(range(1, len(steps) + 1)):
+            problems.append(f"trial {t.number}: intermediate values at steps {steps}, expected epochs 1..k")
+        if t.state == TrialState.COMPLETE and t.value is None:
+            problems.append(f"trial {t.number}: COMPLETE without a value")
+    problems += _check_retries(trials)
+    problems += _check_rows(storage, study, grace_period)
+    return problems
+
+
+def _check_study_attrs(attrs: dict[str, Any]) -> list[str]:
+    problems = [f"study user_attr {key!r} is missing" for key in REQUIRED_STUDY_ATTRS if key not in attrs]
+    if "study_file" in attrs:
+        try:
+            spec_from_dict(attrs["study_file"])
+        except StudyFileError as e:
+            problems.append(f"study user_attr 'study_file' is not a valid study file: {e}")
+    return problems
+
+
+def _check_retries(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    state = {t.number: t.state for t in trials}
+    # retry_history[-1] is the trial this one re-runs (optuna's RetryHeartbeatStaleTrialCallback convention).
+    reruns = Counter(t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history"))
+    problems = [f"trial {n} was re-queued {count} times" for n, count in reruns.items() if count > 1]
+    problems += [f"trial {n} was re-queued but is {state.get(n, 'missing')}" for n in reruns
+                 if state.get(n) != TrialState.FAIL]
+    return problems
+
+
+def _check_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, grace_period: float | None) -> list[str]:
+    """Heartbeats and orphan rows: not visible through the storage API, so read from the tables."""
+    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
+    if not isinstance(rdb, optuna.storages.RDBStorage):
+        return []  # the gRPC proxy: the tables are behind the proxy
+    # optuna's ORM models are the schema's one definition (the storage API exposes no heartbeat times).
+    from optuna.storages._rdb.models import TrialHeartbeatModel, TrialIntermediateValueModel, TrialModel
+
+    problems = []
+    with sqlalchemy.orm.Session(rdb.engine) as session:
+        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
+        running = session.execute(
+            sqlalchemy.select(TrialModel.number, TrialHeartbeatModel.heartbeat)
+            .outerjoin(TrialHeartbeatModel, TrialHeartbeatModel.trial_id == TrialModel.trial_id)
+            .where(TrialModel.study_id == study._study_id, TrialModel.state == TrialState.RUNNING)).all()
+        orphans = session.execute(
+            sqlalchemy.select(sqlalchemy.func.count()).select_from(TrialIntermediateValueModel)
+            .outerjoin(TrialModel, TrialModel.trial_id == TrialIntermediateValueModel.trial_id)
+            .where(TrialModel.trial_id.is_(None))).scalar()
+    for number, beat in running:
+        age = (now - beat.replace(tzinfo=None)).total_seconds() if beat is not None else None
+        if age is None or (grace_period is not None and age > grace_period):
+            what = "no heartbeat" if age is None else f"a heartbeat {age:.0f} s old (grace period {grace_period} s)"
+            problems.append(f"trial {number} is RUNNING with {what}")
+    if orphans:
+        problems.append(f"{orphans} intermediate value(s) belong to no trial")
+    return problems
