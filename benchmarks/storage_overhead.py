@@ -149,7 +149,7 @@ def run_config(backend: str, url: str, workers: int, args: argparse.Namespace, f
     n_trials = max(args.min_trials, args.trials_per_worker * workers)
     spec = study_spec(args.base, name, url, n_trials, args, folder)
     begin_run(spec)
-    opts = WorkerOptions(data_dir=args.data_dir, device="cpu", workers=workers)
+    opts = WorkerOptions(data_dir=args.data_dir, device="cpu", workers=workers, threads=args.threads)
     ctx = multiprocessing.get_context("spawn")
     outs = [folder / f"{name}-{i}.json" for i in range(workers)]
     procs = [ctx.Process(target=measured_worker, args=(spec, opts, i, str(o))) for i, o in enumerate(outs)]
@@ -219,6 +219,7 @@ def main() -> None:
     ap.add_argument("--val-size", type=int, default=1000)
     ap.add_argument("--trials-per-worker", type=int, default=2)
     ap.add_argument("--min-trials", type=int, default=6, help="trials of a study, at least")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: cores // workers)")
     ap.add_argument("--out", type=Path, default=REPO / "results/storage_overhead.json")
     args = ap.parse_args()
     args.base = args.base.resolve()
@@ -236,7 +237,8 @@ def main() -> None:
         "command": " ".join([Path(sys.executable).name, *sys.argv]), "date": now_iso(),
         "hardware": describe_hardware("cpu"), "goal_pct": GOAL_PCT,
         "setup": {"study_file": str(args.base.relative_to(REPO)), "epochs": args.epochs,
-                  "train_size": args.train_size, "val_size": args.val_size, "data": "real CIFAR-10"},
+                  "train_size": args.train_size, "val_size": args.val_size, "data_dir": args.data_dir,
+                  "threads_per_worker": args.threads or "cores // workers"},
         "runs": runs, "projection": [project(r, args.base) for r in runs if r["workers"] == 1],
         "definitions": __doc__.split("What is timed")[1].split("\n\n")[0].strip(),
     }
