@@ -336,10 +336,19 @@ def serve_storage_proxy(url: str, host: str = "localhost", port: int = GRPC_DEFA
         on_ready(f"serving {display_url(url)} at grpc://{host}:{port} (Ctrl-C stops)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        # optuna's run_grpc_proxy_server never stops its server: after Ctrl-C the server's threads keep the
+        # process alive. Its make_server (private, covered by tests/hpo/test_distributed.py) lets us stop it.
+        from optuna.storages._grpc.server import make_server
+
         try:
-            optuna.storages.run_grpc_proxy_server(storage, host=host, port=port)
+            server = make_server(storage, host, port)
+            server.start()
         except RuntimeError as e:  # grpc: "Failed to bind to address ..."
             raise StorageError(f"cannot serve on {host}:{port}: {_first_line(e)}") from None
+        try:
+            server.wait_for_termination()
+        finally:
+            server.stop(grace=2).wait()
 
 
 # --- one trial at a time through the budget check -------------------------------------------------------------
