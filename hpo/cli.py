@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from cifarnet.config import DataConfig, ModelConfig, TrainConfig, load_run_file
+from cifarnet.config import DataConfig, TrainConfig, load_run_file
 from cifarnet.errors import CifarNetError
 from cifarnet.model import format_summary
 

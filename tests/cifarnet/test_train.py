@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import torch
 
-from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.config import TrainConfig
 from cifarnet.data import load_cifar10, make_splits
 from cifarnet.errors import ConfigError, NonFiniteLossError
 from cifarnet.train import RunOptions, lr_factor, train

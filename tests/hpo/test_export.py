@@ -19,21 +19,12 @@ from hpo.retrain import save_weights
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI in a subprocess: one thread too, see one_thread
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tests/conftest.py sets one torch thread; the CLI too
 RECIPES = {
     "plain": TINY_TRAIN.replace(epochs=1),
     # EMA weights and mirror TTA: the exported graph must carry both to score what training reported.
     "ema+tta": TINY_TRAIN.replace(epochs=1, ema_decay=0.9, tta_flip=True),
 }
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared cores: one thread is ~10x faster than two threads fighting other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

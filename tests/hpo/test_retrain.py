@@ -26,7 +26,7 @@ from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
 
 HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # the CLI in a subprocess: one thread too, see one_thread
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tests/conftest.py sets one torch thread; the CLI too
 TIMING_KEYS = ("train_time_s", "eval_time_s", "images_per_s")  # the only metrics allowed to differ between runs
 N_TRIALS = 4
 # max_params sits between width4 = 8 and 12: every trial with width4 = 12 is rejected before training, and so is
@@ -64,15 +64,6 @@ lr = {{ low = 0.02, high = 0.2, log = true }}
 width4 = {{ choices = [8, 12] }}
 label_smoothing = {{ low = 0.0, high = 0.1 }}
 """
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models on shared cores: one thread is ~10x faster than two threads fighting other processes."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def make_study(url: str, name: str, root: Path, data: Path) -> optuna.Study:
