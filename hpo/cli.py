@@ -6,6 +6,7 @@ Library code raises CifarNetError / HPOError; only `main()` turns them into one 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -106,6 +107,10 @@ def main(argv: list[str] | None = None) -> None:
     surface here.
     """
     _register_commands()
+    # A non-interactive shell starts background jobs with SIGINT ignored, and children inherit that; every hpo
+    # command promises SIGINT/Ctrl-C semantics (stop cleanly, record the interrupted trial), so take it back.
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         app(args=argv, prog_name="hpo")
     except CifarNetError as e:

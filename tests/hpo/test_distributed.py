@@ -266,3 +266,17 @@ def test_device_slots():
     else:  # this CPU-only machine: a clear error, not a crash in the first trial
         with pytest.raises(HPOError, match="device 0: CUDA is not available"):
             device_slots("0,1")
+
+
+def test_sigint_stops_a_command_started_with_sigint_ignored(tmp_path):
+    """Background jobs of non-interactive shells (CI, nohup scripts) start with SIGINT ignored."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = hpo_popen("storage-proxy", "--storage", f"sqlite:///{tmp_path / 'p.db'}", "--host", "127.0.0.1",
+                      "--port", str(port), cwd=tmp_path,
+                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    assert proxy.stdout.readline().startswith("serving ")
+    proxy.send_signal(signal.SIGINT)
+    out, _ = proxy.communicate(timeout=30)
+    assert proxy.returncode == 0 and "storage proxy stopped" in out
