@@ -22,7 +22,8 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
-from dashboard.studies import open_existing_storage, resolve_target
+from dashboard.studies import resolve_target
+from hpo.storage import open_existing_storage
 from hpo.errors import HPOError
 
 CONFIG_TOML = Path(__file__).with_name("config.toml")

@@ -17,7 +17,8 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from dashboard.studies import load_study, open_existing_storage, resolve_target
+from dashboard.studies import load_study, resolve_target
+from hpo.storage import open_existing_storage
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.

@@ -13,7 +13,7 @@ import optuna
 from optuna.storages import BaseStorage
 
 from hpo.errors import HPOError
-from hpo.storage import display_url, open_storage, parse_url
+from hpo.storage import display_url
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 
 
@@ -31,17 +31,6 @@ def resolve_target(study: str | Path | None, storage: str | None) -> Target:
         spec = load_study_file(study, storage=storage)
         return Target(spec.storage, spec.name, spec.artifact_dir)
     return Target(storage or DEFAULT_STORAGE, str(study) if study is not None else None)
-
-
-def open_existing_storage(url: str) -> BaseStorage:
-    """Like hpo.storage.open_storage, but a SQLite file that does not exist is an error, not a new empty
-    database: a mistyped path would otherwise show an empty dashboard."""
-    parsed = parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        if not Path(parsed.database).expanduser().is_file():
-            raise HPOError(f"no study database at {parsed.database} ({display_url(url)}); pass a study file "
-                           f"or --storage")
-    return open_storage(url)
 
 
 def load_study(name: str, storage: BaseStorage, url: str) -> optuna.Study:

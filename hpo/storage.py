@@ -59,6 +59,17 @@ class Heartbeat:
     max_retry: int  # re-runs of one dead trial before it stays FAIL
 
 
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
+    """Like hpo.storage.open_storage, but a SQLite file that does not exist is an error, not a new empty
+    database: read-only commands (status, best, retrain, dashboard) must not create one for a mistyped path."""
+    parsed = parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        if not Path(parsed.database).expanduser().is_file():
+            raise StorageError(f"no study database at {parsed.database} ({display_url(url)}); pass a study file "
+                               f"or --storage")
+    return open_storage(url)
+
+
 def open_storage(url: str, heartbeat: Heartbeat | None = None) -> optuna.storages.BaseStorage:
     """A storage for `url` (schema created if missing), or StorageError with a one-line reason.
 

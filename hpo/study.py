@@ -17,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HPOError, StorageError
 from hpo.space import Choice, SearchSpace, apply_params, seed_params
-from hpo.storage import display_url, is_locked, open_storage
+from hpo.storage import display_url, is_locked, open_existing_storage, open_storage
 from hpo.studyfile import StudySpec, spec_from_dict
 
 # Study-file tables that define what a trial means; resuming with any of them changed would mix
@@ -171,7 +171,7 @@ def with_lock_retry(fn):
 
 
 def load_study(storage_url: str, name: str) -> optuna.Study:
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:

@@ -38,4 +38,5 @@ def test_summary_of_unknown_study_is_one_line(tmp_path):
     db = tmp_path / "x.db"
     r = subprocess.run(["hpo", "study", "summary", "nope", "--storage", f"sqlite:///{db}"], capture_output=True,
                        text=True)
-    assert r.returncode == 1 and r.stderr.startswith("error:") and "Traceback" not in r.stderr
+    assert r.returncode == 1 and r.stderr.startswith("error: no study database at") and "Traceback" not in r.stderr
+    assert not db.exists()  # a read-only command never creates a database for a mistyped path
