@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cifarnet.augment import TorchAugment, albumentations_pipeline, normalize
+from cifarnet.augment import TorchAugment, albumentations_pipeline
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.data import MEAN, STD, load_cifar10, make_splits
 from cifarnet.hardware import describe_hardware, now_iso
@@ -73,7 +73,7 @@ def augmentation_images_per_s(images: torch.Tensor) -> dict[str, float]:
     aug, gen = TorchAugment(0.5), torch.Generator().manual_seed(0)
     t0 = time.perf_counter()
     for i in range(0, len(images), 512):
-        aug(normalize(images[i : i + 512], torch.device("cpu")), gen)
+        aug.from_uint8(images[i : i + 512], gen, torch.device("cpu"))
     return {"albumentations_per_image": albu, "torch_batched_incl_normalize": len(images) / (time.perf_counter() - t0)}
 
 

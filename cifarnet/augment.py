@@ -3,7 +3,9 @@
 strength 0 = identity; ORIGINAL_STRENGTH (0.5) = the original notebook: HorizontalFlip(p=0.5),
 ShiftScaleRotate(shift 0.0625, scale 0.1, rotate 45, reflect border, p=0.5), CoarseDropout(one 16x16 hole
 filled with the dataset mean, p=0.5); above it the geometric limits and hole size grow linearly and the
-probabilities rise to 1.
+probabilities rise to 1. The flip probability follows the strength (min(0.5, strength)) unless `flip_p`
+sets it on its own: a mirror image is a free, label-preserving sample, so short runs with light
+augmentation still want it at 0.5.
 
 - "albumentations": per-image uint8 HWC transforms (albumentations 2.x; Affine is 2.x's ShiftScaleRotate),
   meant to run in DataLoader workers.
@@ -36,13 +38,15 @@ class AugParams:
     hole: int  # side of the square hole, px
 
     @classmethod
-    def from_strength(cls, strength: float) -> "AugParams":
+    def from_strength(cls, strength: float, flip_p: float | None = None) -> "AugParams":
         if not 0 <= strength <= 1:
             raise ValueError(f"augmentation strength must be in [0, 1], got {strength}")
+        if flip_p is not None and not 0 <= flip_p <= 1:
+            raise ValueError(f"flip probability must be in [0, 1], got {flip_p}")
         r = strength / ORIGINAL_STRENGTH  # 1.0 at the original settings
         p = min(1.0, strength / ORIGINAL_STRENGTH * 0.5)  # 0.5 at the original, 1.0 at strength 1
         return cls(
-            flip_p=min(0.5, p),
+            flip_p=min(0.5, p) if flip_p is None else flip_p,
             affine_p=p,
             shift=0.0625 * r,
             scale=0.1 * r,
@@ -56,12 +60,12 @@ class AugParams:
         return self.flip_p == 0 and self.affine_p == 0 and self.cutout_p == 0
 
 
-def albumentations_pipeline(strength: float):
+def albumentations_pipeline(strength: float, flip_p: float | None = None):
     """The original pipeline (scaled by `strength`) on uint8 HWC images."""
     import albumentations as A
     import cv2
 
-    a = AugParams.from_strength(strength)
+    a = AugParams.from_strength(strength, flip_p)
     mean_pixel = tuple(round(255 * m) for m in MEAN)
     return A.Compose(
         [
@@ -84,42 +88,81 @@ def albumentations_pipeline(strength: float):
     )
 
 
-def normalize(images: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> normalised float (B, C, H, W) on `device`; NHWC memory if channels_last."""
-    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
-    mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, device=device).view(1, 3, 1, 1)
-    x = (x - mean) / std
-    return x.contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+def normalize(
+    images: torch.Tensor, device: torch.device, channels_last: bool = True, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> normalised (B, C, H, W) `dtype` on `device`; NHWC memory if channels_last.
+
+    One conversion pass and one fused multiply-add: (x / 255 - mean) / std = x * scale + shift, computed in
+    float32 and rounded once to `dtype` (bf16 training feeds the first conv bf16 anyway).
+    """
+    x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC memory is channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    scale, shift = _affine_constants(device)
+    out = torch.empty(x.shape, device=device, dtype=torch.float32, memory_format=fmt).copy_(x)
+    out = torch.addcmul(shift, out, scale, out=out) if out.is_contiguous(memory_format=fmt) else out * scale + shift
+    return out if dtype == torch.float32 else out.to(dtype, memory_format=fmt)
+
+
+_CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _affine_constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    device = torch.device(device)
+    if device not in _CONSTANTS:
+        mean = torch.tensor(MEAN, dtype=torch.float64).view(1, 3, 1, 1)
+        std = torch.tensor(STD, dtype=torch.float64).view(1, 3, 1, 1)
+        _CONSTANTS[device] = ((1 / (255 * std)).float().to(device), (-mean / std).float().to(device))
+    return _CONSTANTS[device]
 
 
 class TorchAugment:
-    """Batched flip / affine (reflect border) / cutout on a normalised (B, C, H, W) batch."""
+    """Batched flip / affine (reflect border) / cutout, on a normalised (B, C, H, W) batch (`__call__`) or
+    straight from the uint8 (B, H, W, C) images (`from_uint8`, the training loop's path: the flip runs on
+    uint8, a quarter of the bytes, and nothing is copied twice). Both draw the same random numbers in the
+    same order, so for one generator state they give the same batch."""
 
-    def __init__(self, strength: float):
-        self.params = AugParams.from_strength(strength)
+    def __init__(self, strength: float, flip_p: float | None = None):
+        self.params = AugParams.from_strength(strength, flip_p)
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        a = self.params
-        if a.is_identity:
+        if self.params.is_identity:
             return x
-        n, dev = x.shape[0], x.device
+        if self.params.flip_p:
+            flip = self._chosen(self.params.flip_p, x.shape[0], gen, x.device)
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
+        else:
+            x = x.clone()  # the rest works in place
+        return self._affine_and_cutout(x, gen)
+
+    def from_uint8(
+        self, images: torch.Tensor, gen: torch.Generator, device: torch.device, channels_last: bool = True
+    ) -> torch.Tensor:
+        """uint8 (B, H, W, C) images -> augmented, normalised float32 (B, C, H, W) on `device`."""
+        images = images.to(device, non_blocking=True)
+        if self.params.flip_p:
+            flip = self._chosen(self.params.flip_p, images.shape[0], gen, images.device)
+            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+        x = normalize(images, device, channels_last)
+        return x if self.params.is_identity else self._affine_and_cutout(x, gen)
+
+    @staticmethod
+    def _chosen(p: float, n: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+        return torch.rand(n, generator=gen, device=device) < p
+
+    def _affine_and_cutout(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """In place on `x` (a batch this class owns)."""
+        a, n, dev = self.params, x.shape[0], x.device
 
         def uniform(lo: float, hi: float, size: int = n) -> torch.Tensor:
             return torch.rand(size, generator=gen, device=dev) * (hi - lo) + lo
 
-        def chosen(p: float) -> torch.Tensor:
-            return torch.rand(n, generator=gen, device=dev) < p
-
-        if a.flip_p:
-            x = torch.where(chosen(a.flip_p).view(n, 1, 1, 1), x.flip(3), x)
         if a.affine_p:
-            sel = chosen(a.affine_p).nonzero().flatten()
+            sel = self._chosen(a.affine_p, n, gen, dev).nonzero().flatten()
             if len(sel):
-                x = x.clone()
                 x[sel] = self._affine(x[sel], uniform)
         if a.cutout_p:
-            x = x.masked_fill(self._holes(x, chosen(a.cutout_p), gen), 0.0)  # 0 = dataset mean after normalising
+            x.masked_fill_(self._holes(x, self._chosen(a.cutout_p, n, gen, dev), gen), 0.0)  # 0 = the mean
         return x
 
     def _affine(self, x: torch.Tensor, uniform) -> torch.Tensor:
@@ -153,10 +196,10 @@ class TorchAugment:
 class AlbumentationsDataset(torch.utils.data.Dataset):
     """uint8 HWC images through the albumentations pipeline; batches stay uint8 (cheap to pin and copy)."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, strength: float):
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, strength: float, flip_p: float | None = None):
         self.images = images.numpy()
         self.labels = labels
-        self.transform = albumentations_pipeline(strength)
+        self.transform = albumentations_pipeline(strength, flip_p)
 
     def __len__(self) -> int:
         return len(self.labels)

@@ -64,12 +64,16 @@ class TrainConfig:
     label_smoothing: float = 0.0
     # Augmentation strength in [0, 1]: 0 = none, 0.5 = the original notebook's settings, 1 = strongest.
     aug_strength: float = 0.5
+    # Horizontal-flip probability; unset (None) = tied to aug_strength as in the original mapping, min(0.5, strength).
+    flip_p: float | None = None
     # "torch" = batched augmentation on the training device; "albumentations" = per-image, DataLoader workers.
     aug_backend: str = "torch"
     # Decay of an exponential moving average of the weights used for evaluation; 0 = off.
     ema_decay: float = 0.0
     # Evaluate on the image and its mirror and average (test-time augmentation).
     tta_flip: bool = False
+    # ... and on copies shifted by +-tta_shift pixels diagonally (reflect border); 0 = off. 1 is the usual choice.
+    tta_shift: int = 0
     # bf16 autocast for forward/backward (CUDA, and CPUs with native bf16).
     bf16: bool = False
     # NHWC memory layout, faster for convs on both oneDNN (CPU) and cuDNN.
@@ -93,6 +97,8 @@ class TrainConfig:
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "aug_strength": 0 <= self.aug_strength <= 1,
             "ema_decay": 0 <= self.ema_decay < 1,
+            "tta_shift": 0 <= self.tta_shift <= 4,
+            "flip_p": self.flip_p is None or 0 <= self.flip_p <= 1,
         }
         for name, ok in checks.items():
             if not ok:
@@ -173,7 +179,7 @@ def to_toml(cfg: TrainConfig, data: DataConfig | None = None) -> str:
     """The inverse of load_run_file (flat values, lists and two tables are all a run file needs)."""
     d = cfg.to_dict()
     model = d.pop("model")
-    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None]  # TOML has no null: absent = None
     lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
     if data is not None:
         items = {k: v for k, v in dataclasses.asdict(data).items() if v is not None}

@@ -23,6 +23,7 @@ from cifarnet.config import TrainConfig
 from cifarnet.data import ImageSet, Splits
 from cifarnet.errors import ConfigError, NonFiniteLossError
 from cifarnet.model import build_model
+from cifarnet.tta import tta_logp
 
 Report = Callable[[int, dict[str, Any]], Any]
 CHECKPOINT_FORMAT = 1
@@ -94,7 +95,7 @@ class _Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
             )
-        self.augment = TorchAugment(cfg.aug_strength)
+        self.augment = TorchAugment(cfg.aug_strength, cfg.flip_p)
         # On a GPU the whole uint8 set (150 MB) lives on the device: no host-to-device copy per batch.
         on_gpu = self.device.type == "cuda" and cfg.aug_backend == "torch"
         self.train_images = splits.train.images.to(self.device) if on_gpu else splits.train.images
@@ -143,12 +144,12 @@ class _Trainer:
         order = torch.randperm(n, generator=gen).to(self.train_images.device)
         for i in range(self.steps_per_epoch):
             idx = order[i * bs : (i + 1) * bs]
-            x = normalize(self.train_images[idx], self.device, cfg.channels_last)
-            yield self.augment(x, aug_gen), self.train_labels[idx].to(self.device, non_blocking=True)
+            x = self.augment.from_uint8(self.train_images[idx], aug_gen, self.device, cfg.channels_last)
+            yield x, self.train_labels[idx].to(self.device, non_blocking=True)
 
     def _albumentations_batches(self, epoch: int, gen: torch.Generator, bs: int):
         train = self.splits.train
-        dataset = AlbumentationsDataset(train.images, train.labels, self.cfg.aug_strength)
+        dataset = AlbumentationsDataset(train.images, train.labels, self.cfg.aug_strength, self.cfg.flip_p)
         workers = self.opts.loader_workers
         dataset.reseed(self._epoch_seed(epoch, 1))  # used as is when workers == 0
         loader = torch.utils.data.DataLoader(
@@ -216,9 +217,9 @@ class _Trainer:
 @torch.no_grad()
 def evaluate(
     model: nn.Module, data: ImageSet, device: torch.device | str = "cpu", *, tta_flip: bool = False,
-    bf16: bool = False, channels_last: bool = True, batch_size: int = 1024,
+    tta_shift: int = 0, bf16: bool = False, channels_last: bool = True, batch_size: int = 1024,
 ) -> dict[str, float]:
-    """Accuracy and mean NLL of `model` on `data` (mirror-averaged when tta_flip)."""
+    """Accuracy and mean NLL of `model` on `data` (averaged over the test-time views when tta_flip/tta_shift)."""
     device = torch.device(device)
     model.eval()
     correct, loss_sum = 0, 0.0
@@ -226,9 +227,7 @@ def evaluate(
         x = normalize(data.images[i : i + batch_size], device, channels_last)
         y = data.labels[i : i + batch_size].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logp = model(x)
-            if tta_flip:
-                logp = torch.logsumexp(torch.stack([logp, model(x.flip(3))]), 0) - math.log(2)
+            logp = tta_logp(model, x, tta_flip, tta_shift)
         loss_sum += F.nll_loss(logp.float(), y, reduction="sum").item()
         correct += (logp.argmax(1) == y).sum().item()
     return {"acc": correct / len(data), "loss": loss_sum / len(data)}
@@ -251,7 +250,8 @@ def _evaluate_splits(trainer: _Trainer, splits: Splits) -> dict[str, float]:
     cfg, out = trainer.cfg, {}
     for name, data in (("val", splits.val), ("test", splits.test)):
         if data is not None and len(data):
-            m = evaluate(trainer.eval_model, data, trainer.device, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
+            m = evaluate(trainer.eval_model, data, trainer.device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift,
+                         bf16=cfg.bf16,
                          channels_last=cfg.channels_last, batch_size=trainer.opts.eval_batch_size)
             out[f"{name}_acc"], out[f"{name}_loss"] = m["acc"], m["loss"]
     return out

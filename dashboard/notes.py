@@ -147,8 +147,9 @@ def _config_summary(cfg: dict[str, Any], data: dict[str, Any] | None) -> str:
     recipe = (f"{cfg.get('optimizer')} lr {_fmt(cfg.get('lr'))} momentum {_fmt(cfg.get('momentum'))} "
               f"wd {_fmt(cfg.get('weight_decay'))}, {cfg.get('schedule')} (warm-up {_fmt(cfg.get('warmup_frac'))}), "
               f"batch {cfg.get('batch_size')}, {cfg.get('epochs')} epochs")
-    extras = (f"aug {_fmt(cfg.get('aug_strength'))} ({cfg.get('aug_backend')}), label smoothing "
-              f"{_fmt(cfg.get('label_smoothing'))}, EMA {_fmt(cfg.get('ema_decay'))}, TTA flip {cfg.get('tta_flip')}, "
+    flip = "" if cfg.get("flip_p") is None else f", flip p {_fmt(cfg.get('flip_p'))}"
+    extras = (f"aug {_fmt(cfg.get('aug_strength'))} ({cfg.get('aug_backend')}){flip}, label smoothing "
+              f"{_fmt(cfg.get('label_smoothing'))}, EMA {_fmt(cfg.get('ema_decay'))}, TTA flip {cfg.get('tta_flip')} shift {cfg.get('tta_shift', 0)}, "
               f"bf16 {cfg.get('bf16')}, seed {cfg.get('seed')}")
     lines = [f"- model: {model}", f"- recipe: {recipe}", f"- extras: {extras}"]
     if data:

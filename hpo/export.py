@@ -1,7 +1,7 @@
 """Export a retrained run as a deployable model (ONNX or TorchScript) and prove it computes what PyTorch does.
 
 The exported graph takes raw images, uint8 (B, 32, 32, 3) RGB as stored in the CIFAR files, and returns
-(B, 10) log-probabilities: normalisation (and the mirror average when the run used tta_flip) is inside the
+(B, 10) log-probabilities: normalisation (and the test-time views' average when the run used tta_flip / tta_shift) is inside the
 graph, so a deployment cannot get the preprocessing wrong. The check compares the exported model against the
 training code's own path (`cifarnet.augment.normalize` + the model) on a batch of test images.
 """
@@ -9,7 +9,6 @@ training code's own path (`cifarnet.augment.normalize` + the model) on a batch o
 from __future__ import annotations
 
 import json
-import math
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -24,6 +23,7 @@ from cifarnet.config import TrainConfig
 from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
 from cifarnet.model import build_model
 from cifarnet.train import load_checkpoint
+from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
@@ -52,18 +52,15 @@ class ExportResult:
 class DeployModel(nn.Module):
     """uint8 (B, 32, 32, 3) RGB -> (B, 10) log-probabilities; the preprocessing travels with the weights."""
 
-    def __init__(self, model: nn.Module, tta_flip: bool):
+    def __init__(self, model: nn.Module, tta_flip: bool, tta_shift: int = 0):
         super().__init__()
-        self.model, self.tta_flip = model, tta_flip
+        self.model, self.tta_flip, self.tta_shift = model, tta_flip, tta_shift
         self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         x = (images.permute(0, 3, 1, 2).float() / 255 - self.mean) / self.std  # (B, 3, 32, 32)
-        logp = self.model(x)  # (B, 10)
-        if self.tta_flip:
-            logp = torch.logsumexp(torch.stack([logp, self.model(x.flip(3))]), 0) - math.log(2)
-        return logp
+        return tta_logp(self.model, x, self.tta_flip, self.tta_shift)  # (B, 10)
 
 
 def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, TrainConfig, Path]:
@@ -90,13 +87,9 @@ def check_batch(data_dir: str | None, n: int, seed: int = 0) -> tuple[torch.Tens
 
 
 @torch.no_grad()
-def reference_logp(model: nn.Module, images: torch.Tensor, tta_flip: bool) -> torch.Tensor:
+def reference_logp(model: nn.Module, images: torch.Tensor, tta_flip: bool, tta_shift: int = 0) -> torch.Tensor:
     """What the training code computes at evaluation time (cifarnet.train.evaluate's path), in float32."""
-    x = normalize(images, torch.device("cpu"), channels_last=False)
-    logp = model(x)
-    if tta_flip:
-        logp = torch.logsumexp(torch.stack([logp, model(x.flip(3))]), 0) - math.log(2)
-    return logp
+    return tta_logp(model, normalize(images, torch.device("cpu"), channels_last=False), tta_flip, tta_shift)
 
 
 def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: Path | None = None,
@@ -107,10 +100,10 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
     model, cfg, weights_path = load_run_model(run_dir, weights)
     out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
     images, source = check_batch(data_dir, batch)
-    deploy = DeployModel(model, cfg.tta_flip).eval()
+    deploy = DeployModel(model, cfg.tta_flip, cfg.tta_shift).eval()
     _WRITERS[fmt](deploy, images[:2], out)
     got = torch.from_numpy(np.asarray(_RUNNERS[fmt](out, images)))
-    diff = (got - reference_logp(model, images, cfg.tta_flip)).abs().max().item()
+    diff = (got - reference_logp(model, images, cfg.tta_flip, cfg.tta_shift)).abs().max().item()
     result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source)
     out.with_name(out.name + ".json").write_text(json.dumps(_describe(result, cfg), indent=2) + "\n")
     if not diff < TOLERANCE:
@@ -121,7 +114,7 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
 def _describe(result: ExportResult, cfg: TrainConfig) -> dict:
     return {**{k: str(v) if isinstance(v, Path) else v for k, v in asdict(result).items()},
             "input": "uint8 (B, 32, 32, 3) RGB, as in the CIFAR-10 files", "output": "(B, 10) log-probabilities",
-            "classes": list(CLASSES), "tta_flip": cfg.tta_flip, "config": cfg.to_dict()}
+            "classes": list(CLASSES), "tta_flip": cfg.tta_flip, "tta_shift": cfg.tta_shift, "config": cfg.to_dict()}
 
 
 def _write_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:

@@ -44,9 +44,10 @@ Dist = Union[FloatRange, IntRange, Choice]
 # Searchable parameters -> what kind of value they take. widthN are the four block widths of the model.
 PARAM_KINDS: dict[str, type] = {
     "lr": float, "weight_decay": float, "momentum": float, "label_smoothing": float, "aug_strength": float,
-    "ema_decay": float, "warmup_frac": float,
+    "ema_decay": float, "warmup_frac": float, "flip_p": float,
     "width1": int, "width2": int, "width3": int, "width4": int, "dilation": int, "batch_size": int,
     "optimizer": str, "schedule": str, "residual": bool, "depthwise": bool, "tta_flip": bool,
+    "tta_shift": int,
 }
 MODEL_PARAMS = ("width1", "width2", "width3", "width4", "dilation", "residual", "depthwise")
 # The original CifarNet, enqueued as trial 0 of every study (lr and the rest come from the study's [train]).

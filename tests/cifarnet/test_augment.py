@@ -54,3 +54,45 @@ def test_backends_agree_in_output_statistics(real_cifar, strength):
     # CoarseDropout fills with the mean pixel (~0 after normalising): a similar share of such pixels
     near_zero = lambda z: (z.abs() < 0.02).all(1).float().mean()
     assert abs(near_zero(t) - near_zero(a)) < 0.03, (near_zero(t), near_zero(a))
+
+
+def test_flip_p_is_independent_of_strength(tiny_cifar):
+    """flip_p overrides the strength-tied flip: strength 0 + flip_p 0.5 mirrors about half the images, nothing else."""
+    assert AugParams.from_strength(0.2).flip_p == 0.2  # the original mapping stays the default
+    assert AugParams.from_strength(0.2, flip_p=0.5).flip_p == 0.5
+    assert AugParams.from_strength(0.0, flip_p=0.0).is_identity
+    with pytest.raises(ValueError, match="flip probability"):
+        AugParams.from_strength(0.2, flip_p=1.5)
+    imgs = load_cifar10(tiny_cifar).train.images[:200]
+    x = normalize(imgs, torch.device("cpu"))
+    y = TorchAugment(0.0, flip_p=0.5)(x, torch.Generator().manual_seed(0))
+    same, mirrored = (y == x).flatten(1).all(1), (y == x.flip(3)).flatten(1).all(1)
+    assert bool((same | mirrored).all()) and 70 < int(mirrored.sum()) < 130
+    pipe = albumentations_pipeline(0.0, flip_p=1.0)
+    assert np.array_equal(pipe(image=imgs[0].numpy())["image"], imgs[0].numpy()[:, ::-1])
+
+
+@pytest.mark.parametrize("strength,flip_p", [(0.5, None), (1.0, None), (0.2, 0.5), (0.0, 0.5), (0.3, 0.0)])
+def test_uint8_path_matches_normalised_path(tiny_cifar, strength, flip_p):
+    """The training loop's from_uint8 (flip on uint8, then normalise) gives the batch __call__ gives."""
+    imgs = load_cifar10(tiny_cifar).train.images[:64]
+    aug, cpu = TorchAugment(strength, flip_p), torch.device("cpu")
+    a = aug(normalize(imgs, cpu), torch.Generator().manual_seed(3))
+    b = aug.from_uint8(imgs, torch.Generator().manual_seed(3), cpu)
+    assert b.is_contiguous(memory_format=torch.channels_last) and b.dtype == torch.float32
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+    if strength or flip_p:
+        assert not torch.equal(b, normalize(imgs, cpu))
+
+
+def test_normalize_matches_the_definition(tiny_cifar):
+    from cifarnet.data import MEAN, STD
+
+    imgs = load_cifar10(tiny_cifar).train.images[:8]
+    ref = (imgs.permute(0, 3, 1, 2).double() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(
+        1, 3, 1, 1)
+    for cl in (True, False):
+        x = normalize(imgs, torch.device("cpu"), channels_last=cl)
+        torch.testing.assert_close(x.double(), ref, rtol=0, atol=1e-5)
+        assert x.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
+    assert normalize(imgs, torch.device("cpu"), dtype=torch.bfloat16).dtype == torch.bfloat16

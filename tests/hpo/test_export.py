@@ -24,6 +24,7 @@ RECIPES = {
     "plain": TINY_TRAIN.replace(epochs=1),
     # EMA weights and mirror TTA: the exported graph must carry both to score what training reported.
     "ema+tta": TINY_TRAIN.replace(epochs=1, ema_decay=0.9, tta_flip=True),
+    "tta-shift": TINY_TRAIN.replace(epochs=1, tta_flip=True, tta_shift=1),
 }
 
 
@@ -52,7 +53,7 @@ def test_export_matches_pytorch_on_test_images(runs, recipe, fmt, tiny_cifar):
     # The deployable model scores the test set exactly as training's own evaluation does.
     model, cfg, _ = load_run_model(run_dir)
     test = load_cifar10(tiny_cifar).test
-    expected = evaluate(model, test, "cpu", tta_flip=cfg.tta_flip, channels_last=False)["acc"]
+    expected = evaluate(model, test, "cpu", tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift, channels_last=False)["acc"]
     logp = _run_exported(result.path, fmt, test.images)
     assert logp.shape == (60, 10) and np.isfinite(logp).all()
     assert (logp.argmax(1) == test.labels.numpy()).mean() == pytest.approx(expected)
