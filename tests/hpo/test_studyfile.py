@@ -90,3 +90,20 @@ def test_space_bound_outside_training_limits_is_a_file_error(tmp_path):
     path = write_study(tmp_path, "wd", "sqlite:///x.db", space={"weight_decay": {"low": 0.0, "high": 1.5}})
     with pytest.raises(StudyFileError, match=r"\[space\] weight_decay.*1.5"):
         load_study_file(path)
+
+
+def test_committed_quick_study_resumes_only_with_its_own_file(tmp_path):
+    """results/quick was made by studies/quick-v1.toml; the updated quick.toml is refused on that database."""
+    import shutil
+
+    import optuna
+
+    from hpo.errors import HPOError
+    from hpo.study import check_same_search
+
+    db = tmp_path / "quick.db"
+    shutil.copy(STUDIES.parent / "results" / "quick" / "hpo.db", db)
+    stored = optuna.load_study(study_name="quick", storage=f"sqlite:///{db}").user_attrs["study_file"]
+    check_same_search(stored, load_study_file(STUDIES / "quick-v1.toml"))
+    with pytest.raises(HPOError, match=r"different \[space\], \[train\]"):
+        check_same_search(stored, load_study_file(STUDIES / "quick.toml"))
