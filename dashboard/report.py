@@ -17,8 +17,8 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
-from dashboard.studies import load_study, resolve_target
-from hpo.storage import open_existing_storage
+from dashboard.studies import resolve_target
+from hpo.study import load_study
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
@@ -58,7 +58,7 @@ def write_report(study: optuna.Study, path: str | Path) -> Path:
 def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
     """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
     target = resolve_target(study, storage)
-    loaded = load_study(target.study_name or str(study), open_existing_storage(target.storage), target.storage)
+    loaded = load_study(target.storage, target.study_name or str(study))
     return write_report(loaded, out)
 
 

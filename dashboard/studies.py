@@ -9,11 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
-from optuna.storages import BaseStorage
-
-from hpo.errors import HPOError
-from hpo.storage import display_url
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 
 
@@ -31,11 +26,3 @@ def resolve_target(study: str | Path | None, storage: str | None) -> Target:
         spec = load_study_file(study, storage=storage)
         return Target(spec.storage, spec.name, spec.artifact_dir)
     return Target(storage or DEFAULT_STORAGE, str(study) if study is not None else None)
-
-
-def load_study(name: str, storage: BaseStorage, url: str) -> optuna.Study:
-    """The named study, or an error that lists the studies the database does hold."""
-    names = [s.study_name for s in storage.get_all_studies()]
-    if name not in names:
-        raise HPOError(f"no study named {name!r} in {display_url(url)} (studies there: {', '.join(names) or 'none'})")
-    return optuna.load_study(study_name=name, storage=storage)

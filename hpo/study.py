@@ -176,7 +176,7 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
         known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise StorageError(f"no study named {name!r} in {display_url(storage_url)} (studies: {known})") from None
+        raise StorageError(f"no study named {name!r} in {display_url(storage_url)} (studies there: {known})") from None
 
 
 def load_spec(study: optuna.Study) -> StudySpec:
