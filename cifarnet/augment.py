@@ -88,20 +88,16 @@ def albumentations_pipeline(strength: float, flip_p: float | None = None):
     )
 
 
-def normalize(
-    images: torch.Tensor, device: torch.device, channels_last: bool = True, dtype: torch.dtype = torch.float32
-) -> torch.Tensor:
-    """uint8 (B, H, W, C) -> normalised (B, C, H, W) `dtype` on `device`; NHWC memory if channels_last.
+def normalize(images: torch.Tensor, device: torch.device, channels_last: bool = True) -> torch.Tensor:
+    """uint8 (B, H, W, C) -> normalised float32 (B, C, H, W) on `device`; NHWC memory if channels_last.
 
-    One conversion pass and one fused multiply-add: (x / 255 - mean) / std = x * scale + shift, computed in
-    float32 and rounded once to `dtype` (bf16 training feeds the first conv bf16 anyway).
+    One conversion pass and one fused multiply-add: (x / 255 - mean) / std = x * scale + shift.
     """
     x = images.to(device, non_blocking=True).permute(0, 3, 1, 2)  # a view: NHWC memory is channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     scale, shift = _affine_constants(device)
     out = torch.empty(x.shape, device=device, dtype=torch.float32, memory_format=fmt).copy_(x)
-    out = torch.addcmul(shift, out, scale, out=out) if out.is_contiguous(memory_format=fmt) else out * scale + shift
-    return out if dtype == torch.float32 else out.to(dtype, memory_format=fmt)
+    return torch.addcmul(shift, out, scale, out=out)
 
 
 _CONSTANTS: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}

@@ -95,4 +95,3 @@ def test_normalize_matches_the_definition(tiny_cifar):
         x = normalize(imgs, torch.device("cpu"), channels_last=cl)
         torch.testing.assert_close(x.double(), ref, rtol=0, atol=1e-5)
         assert x.is_contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-    assert normalize(imgs, torch.device("cpu"), dtype=torch.bfloat16).dtype == torch.bfloat16
