@@ -18,7 +18,7 @@ import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
 from dashboard.studies import resolve_target
-from hpo.study import load_study
+from hpo.study import load_study, seed_baseline
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
@@ -64,10 +64,6 @@ def report_study(study: str | Path, storage: str | None, out: str | Path) -> Pat
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-
-
-def seed_baseline(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    return next((t for t in trials if t.user_attrs.get("seed_baseline")), None)
 
 
 def _baseline_trace(x: float, y: float, text: str) -> go.Scatter:

@@ -34,7 +34,7 @@ from cifarnet.run import train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
 from hpo.space import suggest_config
-from hpo.storage import display_url, open_existing_storage
+from hpo.study import load_study
 from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
 
 DEFAULT_TARGET = 0.85  # test accuracy
@@ -167,12 +167,7 @@ def open_study(study_or_name: str, storage: str | None = None) -> optuna.Study:
         name, url = spec.name, spec.storage
     else:
         name, url = study_or_name, storage or DEFAULT_STORAGE
-    backend = open_existing_storage(url)
-    names = optuna.get_all_study_names(backend)
-    if name not in names:
-        known = ", ".join(sorted(names)[:10]) or "none"
-        raise RetrainError(f"no study named {name!r} in {display_url(url)} (studies there: {known})")
-    return optuna.load_study(study_name=name, storage=backend)
+    return load_study(url, name)
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:

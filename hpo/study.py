@@ -175,8 +175,13 @@ def load_study(storage_url: str, name: str) -> optuna.Study:
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
-        known = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        known = ", ".join(sorted(optuna.get_all_study_names(storage))[:10]) or "none"
         raise StorageError(f"no study named {name!r} in {display_url(storage_url)} (studies there: {known})") from None
+
+
+def seed_baseline(trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The original CifarNet's trial (enqueued as trial 0 of every study), if among `trials`."""
+    return next((t for t in trials if t.user_attrs.get("seed_baseline")), None)
 
 
 def load_spec(study: optuna.Study) -> StudySpec:

@@ -12,13 +12,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.hardware import now_iso
 from hpo.storage import display_url
-from hpo.study import best_completed, best_record, count_states, load_study
+from hpo.study import best_completed, best_record, count_states, load_study, seed_baseline
 from hpo.studyfile import spec_from_dict
 
 
 def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
     study = load_study(storage_url, name)
-    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+    all_trials = study.get_trials(deepcopy=False)
+    trials = [t for t in all_trials if t.state.is_finished()]
     spec = spec_from_dict(study.user_attrs["study_file"])
     epochs_budget = spec.base.epochs
     trained = [t for t in trials if t.user_attrs.get("curve")]
@@ -31,7 +32,7 @@ def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
     ended = max((t.datetime_complete for t in trials if t.datetime_complete), default=None)
     return {
         "study": name, "storage": display_url(storage_url), "date": now_iso(),
-        "trials": count_states(study.get_trials(deepcopy=False)),
+        "trials": count_states(all_trials),
         "trained_trials": len(trained), "rejected_before_training": len(rejected),
         "epochs_per_trial_budget": epochs_budget, "train_images_per_epoch": spec.data.train_size,
         "epochs_run": epochs_run, "epochs_if_no_pruning": epochs_if_unpruned,
@@ -44,7 +45,7 @@ def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
 
 
 def _baseline(trials: list[FrozenTrial]) -> dict[str, Any] | None:
-    seed = next((t for t in trials if t.user_attrs.get("seed_baseline")), None)
+    seed = seed_baseline(trials)
     if seed is None:
         return None
     return {"trial": seed.number, "state": seed.state.name, "val_acc": seed.value,
