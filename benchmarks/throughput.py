@@ -4,7 +4,7 @@
     pipeline (HorizontalFlip, ShiftScaleRotate, CoarseDropout, Normalize) per image, default DataLoader
     settings (no workers, no pinning), NCHW float32.
 (b) "fast": the project's training loop: uint8 images in memory, batched torch augmentation from uint8,
-    channels_last, fp32 and bf16 autocast.
+    channels_last, fp32 and bf16 autocast, the fused ReLU+BatchNorm kernel (also measured without it).
 Same model (the original CifarNet), same batch size, same images. Every measurement runs in a fresh process
 after a 2-batch warm-up; loops are interleaved and repeated, and the median counts (this VM's speed drifts by
 +-20% over minutes). Also the images/s of each augmentation backend alone. Writes results/throughput.json.
@@ -15,6 +15,7 @@ after a 2-batch warm-up; loops are interleaved and repeated, and the median coun
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -67,7 +68,9 @@ def fast_images_per_s(splits, batch_size: int, **recipe) -> float:
     return train(cfg, splits, opts=RunOptions(device="cpu", progress=False)).history[0]["images_per_s"]
 
 
-LOOPS = ("original_style", "fast_fp32_channels_last", "fast_bf16_channels_last")
+LOOPS = ("original_style", "fast_fp32_channels_last", "fast_bf16_channels_last", "fast_bf16_native_relu_bn")
+# What the fused ReLU+BatchNorm kernel (cifarnet/fused.py) adds: the bf16 fast path with it switched off.
+LOOP_ENV = {"fast_bf16_native_relu_bn": {"CIFARNET_FUSED": "0"}}
 
 
 def measure_in_this_process(loop: str, batch_size: int, n_images: int, data_dir: str | None) -> float:
@@ -88,7 +91,7 @@ def measure(loop: str, batch_size: int, n_images: int, data_dir: str | None) -> 
     cmd = [sys.executable, __file__, "--measure", loop, "--batch-sizes", str(batch_size), "--images", str(n_images)]
     if data_dir:
         cmd += ["--data-dir", data_dir]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **LOOP_ENV.get(loop, {})})
     if out.returncode:
         raise SystemExit(f"measurement {loop} (batch {batch_size}) failed:\n{out.stderr.strip()[-2000:]}")
     return float(out.stdout.strip().splitlines()[-1])
@@ -105,6 +108,7 @@ def measure_batch_size(batch_size: int, n_images: int, repeats: int, data_dir: s
         "train_images_per_s": rates, "all_runs_images_per_s": runs,
         "ratio_fast_fp32_vs_original": rates["fast_fp32_channels_last"] / rates["original_style"],
         "ratio_fast_bf16_vs_original": rates["fast_bf16_channels_last"] / rates["original_style"],
+        "ratio_fast_bf16_native_relu_bn_vs_original": rates["fast_bf16_native_relu_bn"] / rates["original_style"],
     }
 
 
@@ -141,7 +145,8 @@ def main() -> None:
         rates = m["train_images_per_s"]
         print(f"batch {bs}: " + ", ".join(f"{k} {v:.0f}" for k, v in rates.items()) + " images/s (median of "
               f"{args.repeats}); fast/original fp32 {m['ratio_fast_fp32_vs_original']:.2f}x, "
-              f"bf16 {m['ratio_fast_bf16_vs_original']:.2f}x", flush=True)
+              f"bf16 {m['ratio_fast_bf16_vs_original']:.2f}x (without the fused ReLU+BN kernel "
+              f"{m['ratio_fast_bf16_native_relu_bn_vs_original']:.2f}x)", flush=True)
     splits = make_splits(load_cifar10(args.data_dir), DataConfig(train_size=args.images, val_size=0, test_size=0))
     head = by_bs[str(args.batch_sizes[0])]
     result = {

@@ -22,6 +22,7 @@ from cifarnet.augment import AlbumentationsDataset, TorchAugment, normalize, see
 from cifarnet.config import TrainConfig
 from cifarnet.data import ImageSet, Splits
 from cifarnet.errors import ConfigError, NonFiniteLossError
+from cifarnet.fused import fuse_relu_batchnorm, keep_freed_memory
 from cifarnet.model import build_model
 from cifarnet.tta import tta_logp
 
@@ -85,6 +86,10 @@ class _Trainer:
             torch.manual_seed(cfg.seed)
             self.model = build_model(cfg.model)
         self.model.to(self.device, memory_format=self._memory_format)
+        if not cfg.compile:  # the fused kernel is opaque to torch.compile; compiled models keep the native ops
+            fuse_relu_batchnorm(self.model)
+        if self.device.type == "cpu":
+            keep_freed_memory()
         self.net = self._maybe_compile(self.model)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
