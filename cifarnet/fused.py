@@ -91,20 +91,6 @@ def _ptr(t: torch.Tensor) -> ctypes.c_void_p:
     return ctypes.c_void_p(t.data_ptr())
 
 
-def _channel_sums(name: str, dtype: torch.dtype, tensors: list[torch.Tensor], rows: int, width: int):
-    """Per-column float64 sums (s1, s2) of the `name` kernel over all rows."""
-    sums = torch.zeros(2, width, dtype=torch.float64)
-    fn = getattr(_lib, f"{name}_{_SUFFIX[dtype]}")
-    fn(*map(_ptr, tensors), ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(sums[0]), _ptr(sums[1]))
-    return sums[0], sums[1]
-
-
-def _apply(name: str, dtype: torch.dtype, tensors: list[torch.Tensor], vectors: list[torch.Tensor], rows: int,
-           width: int) -> None:
-    fn = getattr(_lib, f"{name}_{_SUFFIX[dtype]}")
-    fn(*map(_ptr, tensors), ctypes.c_int64(rows), ctypes.c_int64(width), *map(_ptr, vectors))
-
-
 def _rows_and_width(x: torch.Tensor) -> tuple[int, int, int]:
     """(rows, width, k): x seen as rows of `width` = k * C values. Narrow maps (16 channels) are read k rows at
     a time as one 64-wide row: a 16-wide inner loop ran 20x slower per element than a 64-wide one."""
@@ -114,20 +100,36 @@ def _rows_and_width(x: torch.Tensor) -> tuple[int, int, int]:
     return rows // k, c * k, k
 
 
+def _channel_sums(name: str, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel float64 sums (s1, s2) of the `name` kernel over all of x = tensors[-1]."""
+    rows, width, k = _rows_and_width(tensors[-1])
+    sums = torch.zeros(2, width, dtype=torch.float64)
+    fn = getattr(_lib, f"{name}_{_SUFFIX[tensors[-1].dtype]}")
+    fn(*map(_ptr, tensors), ctypes.c_int64(rows), ctypes.c_int64(width), _ptr(sums[0]), _ptr(sums[1]))
+    s1, s2 = sums.view(2, k, width // k).sum(1)  # fold the k rows read as one back onto the channels
+    return s1, s2
+
+
+def _apply(name: str, tensors: list[torch.Tensor], per_channel: list[torch.Tensor]) -> None:
+    """Run the `name` write pass; x = tensors[0] for "apply", tensors[1] for "grad_apply" (same shape)."""
+    rows, width, k = _rows_and_width(tensors[0])
+    fn = getattr(_lib, f"{name}_{_SUFFIX[tensors[0].dtype]}")
+    vectors = [v.float().repeat(k) for v in per_channel]  # one value per column of the k-row-wide view
+    fn(*map(_ptr, tensors), ctypes.c_int64(rows), ctypes.c_int64(width), *map(_ptr, vectors))
+
+
 class _ReluBatchNormFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, eps):  # x: (N, C, H, W) channels_last: N*H*W rows of C values
-        c = x.shape[1]
-        rows, width, k = _rows_and_width(x)
-        s1, s2 = _channel_sums("stats", x.dtype, [x], rows, width)
-        n = rows * k
-        mean = s1.view(k, c).sum(0) / n
-        var = (s2.view(k, c).sum(0) / n - mean * mean).clamp_min(0)
+        n = x.numel() // x.shape[1]
+        s1, s2 = _channel_sums("stats", [x])
+        mean = s1 / n
+        var = (s2 / n - mean * mean).clamp_min(0)
         invstd = torch.rsqrt(var + eps).float()
         scale = weight.detach().float() * invstd
         shift = bias.detach().float() - mean.float() * scale
         y = torch.empty_like(x, memory_format=torch.channels_last)
-        _apply("apply", x.dtype, [x, y], [scale.repeat(k), shift.repeat(k)], rows, width)
+        _apply("apply", [x, y], [scale, shift])
         ctx.save_for_backward(x, mean.float(), invstd, scale)
         ctx.mark_non_differentiable(mean, var)
         return y, mean, var
@@ -135,17 +137,14 @@ class _ReluBatchNormFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_y, _grad_mean, _grad_var):
         x, mean, invstd, scale = ctx.saved_tensors
-        c = x.shape[1]
-        rows, width, k = _rows_and_width(x)
-        n = rows * k
+        n = x.numel() // x.shape[1]
         g = grad_y.to(x.dtype).contiguous(memory_format=torch.channels_last)
-        sum_g, sum_gy = _channel_sums("grad_stats", x.dtype, [g, x], rows, width)
-        sum_g, sum_gy = sum_g.view(k, c).sum(0).float(), sum_gy.view(k, c).sum(0).float()
+        sum_g, sum_gy = (s.float() for s in _channel_sums("grad_stats", [g, x]))
         grad_weight = invstd * (sum_gy - mean * sum_g)
         k1 = -scale * invstd * grad_weight / n
         k0 = -scale * sum_g / n - mean * k1
         dx = torch.empty_like(x, memory_format=torch.channels_last)
-        _apply("grad_apply", x.dtype, [g, x, dx], [scale.repeat(k), k1.repeat(k), k0.repeat(k)], rows, width)
+        _apply("grad_apply", [g, x, dx], [scale, k1, k0])
         return dx, grad_weight, sum_g, None
 
 
@@ -155,8 +154,9 @@ class ReLUBatchNorm2d(nn.BatchNorm2d):
     def _fusable(self, x: torch.Tensor) -> bool:
         return (
             self.training and self.affine and self.track_running_stats and x.device.type == "cpu"
-            and x.dtype in _SUFFIX and self.weight.dtype == torch.float32 and x.dim() == 4 and x.shape[1] <= MAX_CHANNELS
-            and x.is_contiguous(memory_format=torch.channels_last) and x.shape[0] * x.shape[2] * x.shape[3] > 1
+            and x.dtype in _SUFFIX and self.weight.dtype == torch.float32 and x.dim() == 4
+            and x.shape[1] <= MAX_CHANNELS and x.is_contiguous(memory_format=torch.channels_last)
+            and x.shape[0] * x.shape[2] * x.shape[3] > 1
             and kernel() is not None
         )
 

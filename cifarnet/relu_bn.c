@@ -2,9 +2,9 @@
  *
  * Forward: stats (per-channel sums of r = relu(x) and r^2), then apply (y = r * scale + shift).
  * Backward: grad_stats (sums of g and g * r), then grad_apply (dx = x > 0 ? g * scale + r * k1 + k0 : 0).
- * Every function handles rows [m0, m1), so callers may split rows over threads; sums are added into s1/s2.
+ * The bodies handle rows [m0, m1); the entries split rows over OpenMP threads and add sums into s1/s2.
  * Built by cifarnet/fused.py with -O3 -march=native; the AVX-512 BF16 path is used where the CPU has it.
- * Each entry returns 1, or 0 for C > MAXC (the caller then uses the native ops).
+ * Each entry returns 1, or 0 (doing nothing) for C > MAXC; fused.py checks MAX_CHANNELS before calling.
  */
 #include <stdint.h>
 #include <string.h>
@@ -22,17 +22,21 @@ INLINE uint16_t f2bf(float f) { /* round to nearest even; NaN stays NaN */
 }
 INLINE float f32(float v) { return v; }
 
-/* Portable bodies (any C), compiled for float and bf16 storage. */
+/* Portable bodies (any C), compiled for float and bf16 storage. One sums body serves both directions:
+ * with USE_G 0 it sums r and r * r (forward), with USE_G 1 it sums g and g * r (backward). */
 #define DEFINE_SCALAR(SUF, T, LOAD, STORE)                                                                \
-INLINE void stats_s_##SUF(const T* x, int64_t m0, int64_t m1, const int64_t C, double* s1, double* s2) { \
+INLINE void sums_s_##SUF(const T* g, const T* x, int64_t m0, int64_t m1, const int64_t C, const int USE_G, \
+                         double* s1, double* s2) {                                                        \
     float b1[MAXC], b2[MAXC];                                                                             \
     for (int64_t m = m0; m < m1; m += BLOCK) {                                                            \
         int64_t end = m + BLOCK < m1 ? m + BLOCK : m1;                                                    \
         for (int64_t c = 0; c < C; c++) { b1[c] = 0.f; b2[c] = 0.f; }                                     \
         for (int64_t r = m; r < end; r++)                                                                 \
             for (int64_t c = 0; c < C; c++) {                                                             \
-                float v = LOAD(x[r * C + c]); v = v < 0.f ? 0.f : v; /* NaN passes, as in torch.relu */                                      \
-                b1[c] += v; b2[c] += v * v;                                                               \
+                float v = LOAD(x[r * C + c]);                                                             \
+                v = v < 0.f ? 0.f : v; /* NaN passes, as in torch.relu */                                 \
+                float a = USE_G ? LOAD(g[r * C + c]) : v;                                                 \
+                b1[c] += a; b2[c] += a * v;                                                               \
             }                                                                                             \
         for (int64_t c = 0; c < C; c++) { s1[c] += b1[c]; s2[c] += b2[c]; }                               \
     }                                                                                                     \
@@ -41,31 +45,17 @@ INLINE void apply_s_##SUF(const T* x, T* y, int64_t m0, int64_t m1, const int64_
                           const float* shift) {                                                           \
     for (int64_t r = m0; r < m1; r++)                                                                     \
         for (int64_t c = 0; c < C; c++) {                                                                 \
-            float v = LOAD(x[r * C + c]); v = v < 0.f ? 0.f : v; /* NaN passes, as in torch.relu */                                          \
+            float v = LOAD(x[r * C + c]);                                                                 \
+            v = v < 0.f ? 0.f : v;                                                                        \
             y[r * C + c] = STORE(v * scale[c] + shift[c]);                                                \
         }                                                                                                 \
-}                                                                                                         \
-INLINE void grad_stats_s_##SUF(const T* g, const T* x, int64_t m0, int64_t m1, const int64_t C,          \
-                               double* s1, double* s2) {                                                  \
-    float b1[MAXC], b2[MAXC];                                                                             \
-    for (int64_t m = m0; m < m1; m += BLOCK) {                                                            \
-        int64_t end = m + BLOCK < m1 ? m + BLOCK : m1;                                                    \
-        for (int64_t c = 0; c < C; c++) { b1[c] = 0.f; b2[c] = 0.f; }                                     \
-        for (int64_t r = m; r < end; r++)                                                                 \
-            for (int64_t c = 0; c < C; c++) {                                                             \
-                float v = LOAD(x[r * C + c]); v = v < 0.f ? 0.f : v; /* NaN passes, as in torch.relu */                                      \
-                float gv = LOAD(g[r * C + c]);                                                            \
-                b1[c] += gv; b2[c] += gv * v;                                                             \
-            }                                                                                             \
-        for (int64_t c = 0; c < C; c++) { s1[c] += b1[c]; s2[c] += b2[c]; }                               \
-    }                                                                                                     \
 }                                                                                                         \
 INLINE void grad_apply_s_##SUF(const T* g, const T* x, T* dx, int64_t m0, int64_t m1, const int64_t C,   \
                                const float* scale, const float* k1, const float* k0) {                    \
     for (int64_t r = m0; r < m1; r++)                                                                     \
         for (int64_t c = 0; c < C; c++) {                                                                 \
             float v = LOAD(x[r * C + c]);                                                                 \
-            float d = LOAD(g[r * C + c]) * scale[c] + (v < 0.f ? 0.f : v) * k1[c] + k0[c];                \
+            float d = LOAD(g[r * C + c]) * scale[c] + v * k1[c] + k0[c];                                  \
             dx[r * C + c] = STORE(v > 0.f ? d : 0.f);                                                     \
         }                                                                                                 \
 }
@@ -83,7 +73,8 @@ INLINE __m512 ld16(const uint16_t* p) {
 }
 INLINE void st16(uint16_t* p, __m512 v) { _mm256_storeu_si256((__m256i*)p, (__m256i)_mm512_cvtneps_pbh(v)); }
 
-INLINE void stats_v(const uint16_t* x, int64_t m0, int64_t m1, const int64_t C, double* s1, double* s2) {
+INLINE void sums_v(const uint16_t* g, const uint16_t* x, int64_t m0, int64_t m1, const int64_t C, const int USE_G,
+                   double* s1, double* s2) {
     float b1[MAXC], b2[MAXC];
     const __m512 zero = _mm512_setzero_ps();
     for (int64_t m = m0; m < m1; m += BLOCK) {
@@ -92,8 +83,9 @@ INLINE void stats_v(const uint16_t* x, int64_t m0, int64_t m1, const int64_t C, 
         for (int64_t r = m; r < end; r++)
             for (int64_t c = 0; c < C; c += 16) {
                 __m512 v = _mm512_max_ps(zero, ld16(x + r * C + c));
-                _mm512_storeu_ps(b1 + c, _mm512_add_ps(_mm512_loadu_ps(b1 + c), v));
-                _mm512_storeu_ps(b2 + c, _mm512_fmadd_ps(v, v, _mm512_loadu_ps(b2 + c)));
+                __m512 a = USE_G ? ld16(g + r * C + c) : v;
+                _mm512_storeu_ps(b1 + c, _mm512_add_ps(_mm512_loadu_ps(b1 + c), a));
+                _mm512_storeu_ps(b2 + c, _mm512_fmadd_ps(a, v, _mm512_loadu_ps(b2 + c)));
             }
         for (int64_t c = 0; c < C; c++) { s1[c] += b1[c]; s2[c] += b2[c]; }
     }
@@ -106,22 +98,6 @@ INLINE void apply_v(const uint16_t* x, uint16_t* y, int64_t m0, int64_t m1, cons
             __m512 v = _mm512_max_ps(zero, ld16(x + r * C + c));
             st16(y + r * C + c, _mm512_fmadd_ps(v, _mm512_loadu_ps(scale + c), _mm512_loadu_ps(shift + c)));
         }
-}
-INLINE void grad_stats_v(const uint16_t* g, const uint16_t* x, int64_t m0, int64_t m1, const int64_t C,
-                         double* s1, double* s2) {
-    float b1[MAXC], b2[MAXC];
-    const __m512 zero = _mm512_setzero_ps();
-    for (int64_t m = m0; m < m1; m += BLOCK) {
-        int64_t end = m + BLOCK < m1 ? m + BLOCK : m1;
-        memset(b1, 0, C * sizeof(float)); memset(b2, 0, C * sizeof(float));
-        for (int64_t r = m; r < end; r++)
-            for (int64_t c = 0; c < C; c += 16) {
-                __m512 v = _mm512_max_ps(zero, ld16(x + r * C + c)), gv = ld16(g + r * C + c);
-                _mm512_storeu_ps(b1 + c, _mm512_add_ps(_mm512_loadu_ps(b1 + c), gv));
-                _mm512_storeu_ps(b2 + c, _mm512_fmadd_ps(gv, v, _mm512_loadu_ps(b2 + c)));
-            }
-        for (int64_t c = 0; c < C; c++) { s1[c] += b1[c]; s2[c] += b2[c]; }
-    }
 }
 INLINE void grad_apply_v(const uint16_t* g, const uint16_t* x, uint16_t* dx, int64_t m0, int64_t m1,
                          const int64_t C, const float* scale, const float* k1, const float* k0) {
@@ -139,33 +115,16 @@ INLINE void grad_apply_v(const uint16_t* g, const uint16_t* x, uint16_t* dx, int
 #define VEC 0
 #endif
 
-#if VEC
-#define stats_V stats_v
-#define apply_V apply_v
-#define grad_stats_V grad_stats_v
-#define grad_apply_V grad_apply_v
-#else /* never taken (USE_VEC is 0); keeps the macro expansion valid */
-#define stats_V stats_s_bf16
-#define apply_V apply_s_bf16
-#define grad_stats_V grad_stats_s_bf16
-#define grad_apply_V grad_apply_s_bf16
-#endif
-/* The float32 entries never take the bf16 vector bodies. */
-#define stats_F stats_s_f32
-#define apply_F apply_s_f32
-#define grad_stats_F grad_stats_s_f32
-#define grad_apply_F grad_apply_s_f32
-
 /* Rows split evenly over torch's OpenMP threads (this library links the libgomp torch has loaded, so both share
  * one thread pool); each thread sums its rows apart, then adds its totals under a lock. */
-#define PARALLEL_ROWS(...)                                                                               \
+#define PARALLEL_ROWS(...)                                                                                \
     _Pragma("omp parallel if (rows * C >= 65536)")                                                        \
     {                                                                                                     \
         int64_t nt = omp_get_num_threads(), t = omp_get_thread_num();                                     \
         int64_t m0 = rows * t / nt, m1 = rows * (t + 1) / nt;                                             \
-        __VA_ARGS__                                                                                           \
+        __VA_ARGS__                                                                                       \
     }
-#define PARALLEL_SUMS(...)                                                                           \
+#define PARALLEL_SUMS(...)                                                                                \
     PARALLEL_ROWS({                                                                                       \
         double p1[MAXC], p2[MAXC];                                                                        \
         for (int64_t c = 0; c < C; c++) { p1[c] = 0.0; p2[c] = 0.0; }                                     \
@@ -181,31 +140,37 @@ INLINE void grad_apply_v(const uint16_t* g, const uint16_t* x, uint16_t* dx, int
         case 256: { const int64_t CC = 256; BODY ARGS; break; }                                           \
         default: { const int64_t CC = C; BODY ARGS; break; }                                              \
     }
-#define PICK(VBODY, SBODY, ARGS, USE_VEC) if (USE_VEC && C % 16 == 0) { SW(VBODY, ARGS) } else { SW(SBODY, ARGS) }
+/* The vector bodies (suffix VSUF) take rows whose width is a multiple of 16; other widths take the portable ones. */
+#define PICK(NAME, VSUF, SUF, ARGS)                                                                       \
+    if (C % 16 == 0) { SW(NAME##_##VSUF, ARGS) } else { SW(NAME##_s_##SUF, ARGS) }
 
-#define ENTRIES(SUF, T, VNAME, USE_VEC)                                                                   \
+#define ENTRIES(SUF, T, VSUF)                                                                             \
 int stats_##SUF(const T* x, int64_t rows, int64_t C, double* s1, double* s2) {                           \
     if (C > MAXC) return 0;                                                                               \
-    PARALLEL_SUMS(PICK(stats_##VNAME, stats_s_##SUF, (x, m0, m1, CC, p1, p2), USE_VEC))                   \
+    PARALLEL_SUMS(PICK(sums, VSUF, SUF, (x, x, m0, m1, CC, 0, p1, p2)))                                   \
     return 1;                                                                                             \
 }                                                                                                         \
 int apply_##SUF(const T* x, T* y, int64_t rows, int64_t C, const float* scale, const float* shift) {     \
     if (C > MAXC) return 0;                                                                               \
-    PARALLEL_ROWS(PICK(apply_##VNAME, apply_s_##SUF, (x, y, m0, m1, CC, scale, shift), USE_VEC))         \
+    PARALLEL_ROWS(PICK(apply, VSUF, SUF, (x, y, m0, m1, CC, scale, shift)))                               \
     return 1;                                                                                             \
 }                                                                                                         \
 int grad_stats_##SUF(const T* g, const T* x, int64_t rows, int64_t C, double* s1, double* s2) {          \
     if (C > MAXC) return 0;                                                                               \
-    PARALLEL_SUMS(PICK(grad_stats_##VNAME, grad_stats_s_##SUF, (g, x, m0, m1, CC, p1, p2), USE_VEC))      \
+    PARALLEL_SUMS(PICK(sums, VSUF, SUF, (g, x, m0, m1, CC, 1, p1, p2)))                                   \
     return 1;                                                                                             \
 }                                                                                                         \
 int grad_apply_##SUF(const T* g, const T* x, T* dx, int64_t rows, int64_t C, const float* scale,         \
                      const float* k1, const float* k0) {                                                  \
     if (C > MAXC) return 0;                                                                               \
-    PARALLEL_ROWS(PICK(grad_apply_##VNAME, grad_apply_s_##SUF, (g, x, dx, m0, m1, CC, scale, k1, k0),     \
-                       USE_VEC))                                                                          \
+    PARALLEL_ROWS(PICK(grad_apply, VSUF, SUF, (g, x, dx, m0, m1, CC, scale, k1, k0)))                     \
     return 1;                                                                                             \
 }
 
-ENTRIES(bf16, uint16_t, V, VEC)
-ENTRIES(f32, float, F, 0)
+/* Without AVX-512 BF16 (and always for float32) the "vector" suffix names the portable bodies too. */
+#if VEC
+ENTRIES(bf16, uint16_t, v)
+#else
+ENTRIES(bf16, uint16_t, s_bf16)
+#endif
+ENTRIES(f32, float, s_f32)
