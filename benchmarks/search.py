@@ -1,0 +1,252 @@
+"""Search efficiency: does a strategy find good configurations with less compute than plain random search?
+
+Repeated real studies on real CIFAR-10, one objective (studies/quick.toml's space and base recipe at a reduced
+fidelity), one trial budget, several sampler seeds per strategy, the data split fixed. Every study is an
+ordinary hpo study (`hpo.worker.start_study`, one worker, CPU) in one SQLite file, so `hpo report` and
+optuna-dashboard can open them. For each study the script records, trial by trial in the order they ran:
+epochs trained, training + evaluation seconds, and the best validation accuracy so far (COMPLETE trials only,
+as the study itself reports it). Then it summarises (see `analyse`):
+
+  headline  compute (epochs trained) each strategy needs to reach the final best of random search without
+            pruning, as a ratio to what random needed, paired by seed; median over seeds and the spread
+  replay    the pruners replayed over the unpruned arms' learning curves (hpo.replay): epochs saved against
+            the probability that the top-1 / top-3 trial survives
+
+    python benchmarks/search.py --data-dir ../shared/data/cifar10                  # ~1.5 h on 2 cores
+    python benchmarks/search.py --analyse-only                                       # re-summarise, no training
+
+Writes results/search/: search.db (the studies), runs/<strategy>-s<seed>.json (per study), summary.json,
+anytime.html and anytime.png (the chart). A study already in runs/ is not run again (the run is resumable).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Strategy name -> (sampler table, pruner table). The TPE settings are studies/quick.toml's; the pruners are
+# scaled to the 4-epoch budget (median prunes from epoch 2 on, after 5 finished trials, as quick.toml
+# does from epoch 3 of 8).
+STRATEGIES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "random": ({"kind": "random"}, {"kind": "none"}),
+    "tpe": ({"kind": "tpe", "n_startup_trials": 8, "multivariate": True}, {"kind": "none"}),
+    "tpe-median": ({"kind": "tpe", "n_startup_trials": 8, "multivariate": True},
+                   {"kind": "median", "n_startup_trials": 5, "n_warmup_steps": 2}),
+    "tpe-sha": ({"kind": "tpe", "n_startup_trials": 8, "multivariate": True},
+                {"kind": "successive-halving", "min_resource": 1, "reduction_factor": 3}),
+    "tpe-hyperband": ({"kind": "tpe", "n_startup_trials": 8, "multivariate": True},
+                      {"kind": "hyperband", "min_resource": 1, "reduction_factor": 3}),
+    "gp": ({"kind": "gp", "n_startup_trials": 8}, {"kind": "none"}),
+}
+UNPRUNED = ("random", "tpe", "gp")
+
+
+def study_dict(base: dict[str, Any], strategy: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """quick.toml with this strategy's sampler and pruner, the reduced budget and the benchmark's storage."""
+    sampler, pruner = STRATEGIES[strategy]
+    raw = json.loads(json.dumps(base))
+    raw["study"] = {"name": f"search-{strategy}-s{seed}", "storage": f"sqlite:///{args.out / 'search.db'}",
+                    "trials": args.trials, "max_params": base["study"]["max_params"],
+                    "artifact_dir": str(args.out / "artifacts" / f"{strategy}-s{seed}")}
+    raw["sampler"] = {**sampler, "seed": seed}
+    raw["pruner"] = dict(pruner)
+    raw["budget"] = {"epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
+                     "split_seed": 0}
+    raw["train"] = {**base["train"], "tta_flip": False}  # one view: validation is scored often and cheaply
+    return raw
+
+
+def run_study(raw: dict[str, Any], args: argparse.Namespace, log) -> None:
+    from hpo.studyfile import spec_from_dict
+    from hpo.worker import WorkerOptions, start_study
+
+    spec = spec_from_dict(raw)
+    start_study(spec, WorkerOptions(data_dir=args.data_dir, device="cpu", workers=1, out=log))
+
+
+def study_record(storage: str, name: str) -> dict[str, Any]:
+    """The trials of one finished study, in the order they ran, with compute and best-so-far."""
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name=name, storage=storage)
+    rows, epochs, seconds, best = [], 0, 0.0, None
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        curve = t.user_attrs.get("curve", [])
+        epochs += len(curve)
+        seconds += sum(m["train_time_s"] + m["eval_time_s"] for m in curve)
+        if t.state == TrialState.COMPLETE and t.value is not None:
+            best = t.value if best is None else max(best, t.value)
+        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
+                     "params_count": t.user_attrs.get("params_count"), "macs": t.user_attrs.get("macs"),
+                     "val_curve": [m["val_acc"] for m in curve], "epochs": len(curve),
+                     "seconds": round(sum(m["train_time_s"] + m["eval_time_s"] for m in curve), 2),
+                     "cum_epochs": epochs, "cum_seconds": round(seconds, 2), "best_so_far": best})
+    return {"study": name, "trials": rows, "epochs": epochs, "seconds": round(seconds, 1), "best": best}
+
+
+def compute_to_reach(record: dict[str, Any], target: float, unit: str) -> float | None:
+    """Cumulative compute (`epochs` or `seconds`) at the first trial whose best-so-far reaches `target`."""
+    for row in record["trials"]:
+        if row["best_so_far"] is not None and row["best_so_far"] >= target - 1e-12:
+            return row[f"cum_{unit}"]
+    return None
+
+
+def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) -> dict[str, Any]:
+    """Headline ratios per strategy (paired by seed with random) and the pruner replay."""
+    from hpo.replay import PRUNERS, replay_pruners
+
+    seeds = sorted({s for (_, s) in records})
+    out: dict[str, Any] = {"strategies": {}}
+    for strategy in STRATEGIES:
+        per_seed = {}
+        for seed in seeds:
+            rec, ref = records.get((strategy, seed)), records.get(("random", seed))
+            if rec is None or ref is None or ref["best"] is None:
+                continue
+            target = ref["best"]
+            entry = {"random_best": target, "best": rec["best"], "epochs_total": rec["epochs"],
+                     "seconds_total": rec["seconds"]}
+            for unit in ("epochs", "seconds"):
+                need, ref_need = compute_to_reach(rec, target, unit), compute_to_reach(ref, target, unit)
+                entry[f"{unit}_to_random_best"] = need
+                entry[f"ratio_{unit}"] = None if need is None else round(need / ref_need, 3)
+            per_seed[seed] = entry
+        if not per_seed:
+            continue
+        ratios = [e["ratio_epochs"] if e["ratio_epochs"] is not None else float("inf") for e in per_seed.values()]
+        bests = [e["best"] for e in per_seed.values() if e["best"] is not None]
+        out["strategies"][strategy] = {
+            "per_seed": per_seed,
+            "median_ratio_epochs": statistics.median(ratios),
+            "ratio_epochs_range": [min(ratios), max(ratios)],
+            "median_ratio_seconds": statistics.median(
+                e["ratio_seconds"] if e["ratio_seconds"] is not None else float("inf") for e in per_seed.values()),
+            "reached_random_best": sum(e["ratio_epochs"] is not None for e in per_seed.values()),
+            "seeds": len(per_seed),
+            "median_best": statistics.median(bests) if bests else None,
+            "best_range": [min(bests), max(bests)] if bests else None,
+            "median_epochs_total": statistics.median(e["epochs_total"] for e in per_seed.values()),
+        }
+    curves = [[row["val_curve"] for row in rec["trials"] if row["state"] == "COMPLETE"
+               and len(row["val_curve"]) == budget_epochs]
+              for (strategy, _), rec in sorted(records.items()) if strategy in UNPRUNED]
+    curves = [c for c in curves if len(c) >= 5]
+    if curves:
+        out["replay"] = {"studies": len(curves), "curves": sum(map(len, curves)), "orders_per_study": 50,
+                         "pruners": replay_pruners(curves, PRUNERS, budget_epochs, orders=50, seed=0)}
+    return out
+
+
+def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path) -> None:
+    """Anytime curves: best validation accuracy so far against epochs trained, one line per study."""
+    import plotly.graph_objects as go
+    from plotly.colors import qualitative
+
+    PALETTE = qualitative.Plotly
+
+    fig = go.Figure()
+    for i, strategy in enumerate(STRATEGIES):
+        for n, seed in enumerate(sorted(s for (k, s) in records if k == strategy)):
+            rows = [r for r in records[(strategy, seed)]["trials"] if r["best_so_far"] is not None]
+            fig.add_trace(go.Scatter(
+                x=[r["cum_epochs"] for r in rows], y=[r["best_so_far"] for r in rows], mode="lines",
+                line={"shape": "hv", "color": PALETTE[i % len(PALETTE)], "width": 2 if n == 0 else 1},
+                name=strategy, legendgroup=strategy, showlegend=n == 0, opacity=0.9 if n == 0 else 0.6,
+                hovertemplate=f"{strategy} seed {seed}<br>%{{x}} epochs<br>best val %{{y:.4f}}<extra></extra>"))
+    fig.update_layout(title="Best validation accuracy so far against epochs trained (one line per seed)",
+                      xaxis_title="epochs trained (all trials of the study)", yaxis_title="best val_acc so far",
+                      template="plotly_white", width=1000, height=600)
+    html = out / "anytime.html"
+    fig.write_html(html, include_plotlyjs=True)
+    png = out / "anytime.png"
+    browser = next((b for b in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(b).exists()), None)
+    if browser:
+        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
+                        "--window-size=1040,640", "--hide-scrollbars", "--virtual-time-budget=5000",
+                        html.resolve().as_uri()], check=False, capture_output=True, timeout=120)
+    else:
+        print("no chromium: anytime.png not drawn (.ci/browser-deps installs it)", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data-dir", default=os.environ.get("CIFAR10_DIR"))
+    p.add_argument("--out", type=Path, default=REPO / "results" / "search")
+    p.add_argument("--study-file", type=Path, default=REPO / "studies" / "quick.toml")
+    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--trials", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--train-size", type=int, default=5000)
+    p.add_argument("--val-size", type=int, default=2500)
+    p.add_argument("--analyse-only", action="store_true")
+    p.add_argument("--note", default="", help="what else ran on the machine meanwhile (saved in summary.json)")
+    args = p.parse_args(argv)
+    args.out = args.out.resolve()
+    (args.out / "runs").mkdir(parents=True, exist_ok=True)
+
+    import torch
+
+    from cifarnet.hardware import describe_hardware, now_iso
+    from cifarnet.run import write_json_atomic
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    base = tomllib.loads(args.study_file.read_text())
+    storage = f"sqlite:///{args.out / 'search.db'}"
+    records: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = [(s, seed) for seed in args.seeds for s in args.strategies]
+    started = time.time()
+    for i, (strategy, seed) in enumerate(todo):
+        path = args.out / "runs" / f"{strategy}-s{seed}.json"
+        if path.exists():
+            records[(strategy, seed)] = json.loads(path.read_text())
+            continue
+        if args.analyse_only:
+            continue
+        raw = study_dict(base, strategy, seed, args)
+        t0 = time.time()
+        print(f"[{i + 1}/{len(todo)}] {strategy} seed {seed}", flush=True)
+        with open(args.out / "runs" / f"{strategy}-s{seed}.log", "w") as log:
+            run_study(raw, args, log)
+        rec = study_record(storage, raw["study"]["name"])
+        rec.update(strategy=strategy, seed=seed, wall_s=round(time.time() - t0, 1), finished=now_iso(),
+                   load_avg_1m=round(os.getloadavg()[0], 2))
+        write_json_atomic(rec, path)
+        records[(strategy, seed)] = rec
+        print(f"    best {rec['best']:.4f} after {rec['epochs']} epochs, {rec['wall_s']:.0f} s wall "
+              f"(total {time.time() - started:.0f} s)", flush=True)
+    summary = {
+        "command": " ".join(["python", "benchmarks/search.py", *map(shlex.quote, sys.argv[1:])]),
+        "date": now_iso(), "hardware": describe_hardware("cpu"), "note": args.note,
+        "fidelity": {"epochs": args.epochs, "train_size": args.train_size, "val_size": args.val_size,
+                     "split_seed": 0, "trials": args.trials, "space": str(args.study_file.name),
+                     "tta_flip": False},
+        "strategies_config": {k: {"sampler": v[0], "pruner": v[1]} for k, v in STRATEGIES.items()},
+        "seeds": sorted({s for (_, s) in records}),
+        **analyse(records, args.epochs),
+    }
+    write_json_atomic(summary, args.out / "summary.json")
+    if records:
+        chart(records, args.out)
+    for name, s in summary["strategies"].items():
+        print(f"{name:14s} ratio (epochs) median {s['median_ratio_epochs']:.2f} range {s['ratio_epochs_range']} "
+              f"reached {s['reached_random_best']}/{s['seeds']}; best median {s['median_best']}")
+
+
+if __name__ == "__main__":
+    main()
