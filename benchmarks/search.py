@@ -152,7 +152,7 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
     return out
 
 
-def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path) -> None:
+def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path, png: bool = True) -> None:
     """Anytime curves: best validation accuracy so far against epochs trained, one line per study."""
     import plotly.graph_objects as go
     from plotly.colors import qualitative
@@ -173,6 +173,8 @@ def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path) -> None:
                       template="plotly_white", width=1000, height=600)
     html = out / "anytime.html"
     fig.write_html(html, include_plotlyjs=True)
+    if not png:
+        return
     png = out / "anytime.png"
     browser = next((b for b in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(b).exists()), None)
     if browser:
@@ -195,6 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=5000)
     p.add_argument("--val-size", type=int, default=2500)
     p.add_argument("--analyse-only", action="store_true")
+    p.add_argument("--no-png", action="store_true", help="draw the HTML chart only (no headless Chromium)")
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile (saved in summary.json)")
     args = p.parse_args(argv)
     args.out = args.out.resolve()
@@ -242,7 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     write_json_atomic(summary, args.out / "summary.json")
     if records:
-        chart(records, args.out)
+        chart(records, args.out, png=not args.no_png)
     for name, s in summary["strategies"].items():
         print(f"{name:14s} ratio (epochs) median {s['median_ratio_epochs']:.2f} range {s['ratio_epochs_range']} "
               f"reached {s['reached_random_best']}/{s['seeds']}; best median {s['median_best']}")

@@ -37,7 +37,8 @@ PRUNERS: dict[str, Callable[[int], optuna.pruners.BasePruner]] = {
 
 def replay_order(curves: Sequence[Curve], order: Sequence[int], pruner: optuna.pruners.BasePruner) -> list[int]:
     """Epochs each curve gets trained for when the trials run in `order` under `pruner` (index = curve)."""
-    study = optuna.create_study(direction="maximize", pruner=pruner,
+    # A fixed name: HyperbandPruner assigns brackets by hashing the study name and trial number.
+    study = optuna.create_study(study_name="replay", direction="maximize", pruner=pruner,
                                 sampler=optuna.samplers.RandomSampler(seed=0))
     trained = [0] * len(curves)
     for i in order:
