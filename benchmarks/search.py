@@ -80,34 +80,18 @@ def run_study(raw: dict[str, Any], args: argparse.Namespace, log) -> None:
 def study_record(storage: str, name: str) -> dict[str, Any]:
     """The trials of one finished study, in the order they ran, with compute and best-so-far."""
     import optuna
-    from optuna.trial import TrialState
 
-    study = optuna.load_study(study_name=name, storage=storage)
-    rows, epochs, seconds, best = [], 0, 0.0, None
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        curve = t.user_attrs.get("curve", [])
-        epochs += len(curve)
-        seconds += sum(m["train_time_s"] + m["eval_time_s"] for m in curve)
-        if t.state == TrialState.COMPLETE and t.value is not None:
-            best = t.value if best is None else max(best, t.value)
-        rows.append({"number": t.number, "state": t.state.name, "value": t.value, "params": t.params,
-                     "params_count": t.user_attrs.get("params_count"), "macs": t.user_attrs.get("macs"),
-                     "val_curve": [m["val_acc"] for m in curve], "epochs": len(curve),
-                     "seconds": round(sum(m["train_time_s"] + m["eval_time_s"] for m in curve), 2),
-                     "cum_epochs": epochs, "cum_seconds": round(seconds, 2), "best_so_far": best})
-    return {"study": name, "trials": rows, "epochs": epochs, "seconds": round(seconds, 1), "best": best}
+    from hpo.efficiency import anytime
 
-
-def compute_to_reach(record: dict[str, Any], target: float, unit: str) -> float | None:
-    """Cumulative compute (`epochs` or `seconds`) at the first trial whose best-so-far reaches `target`."""
-    for row in record["trials"]:
-        if row["best_so_far"] is not None and row["best_so_far"] >= target - 1e-12:
-            return row[f"cum_{unit}"]
-    return None
+    rows = anytime(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+    return {"study": name, "trials": rows, "epochs": rows[-1]["cum_epochs"] if rows else 0,
+            "seconds": round(rows[-1]["cum_seconds"], 1) if rows else 0.0,
+            "best": rows[-1]["best_so_far"] if rows else None}
 
 
 def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) -> dict[str, Any]:
     """Headline ratios per strategy (paired by seed with random) and the pruner replay."""
+    from hpo.efficiency import compute_to_reach
     from hpo.replay import PRUNERS, replay_pruners
 
     seeds = sorted({s for (_, s) in records})
@@ -122,7 +106,8 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
             entry = {"random_best": target, "best": rec["best"], "epochs_total": rec["epochs"],
                      "seconds_total": rec["seconds"]}
             for unit in ("epochs", "seconds"):
-                need, ref_need = compute_to_reach(rec, target, unit), compute_to_reach(ref, target, unit)
+                need = compute_to_reach(rec["trials"], target, unit)
+                ref_need = compute_to_reach(ref["trials"], target, unit)
                 entry[f"{unit}_to_random_best"] = need
                 entry[f"ratio_{unit}"] = None if need is None else round(need / ref_need, 3)
             per_seed[seed] = entry
@@ -132,15 +117,16 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
         bests = [e["best"] for e in per_seed.values() if e["best"] is not None]
         out["strategies"][strategy] = {
             "per_seed": per_seed,
-            "median_ratio_epochs": statistics.median(ratios),
-            "ratio_epochs_range": [min(ratios), max(ratios)],
-            "median_ratio_seconds": statistics.median(
-                e["ratio_seconds"] if e["ratio_seconds"] is not None else float("inf") for e in per_seed.values()),
+            "median_ratio_epochs": _finite(statistics.median(ratios)),
+            "ratio_epochs_range": [_finite(min(ratios)), _finite(max(ratios))],
+            "median_ratio_seconds": _finite(statistics.median(
+                e["ratio_seconds"] if e["ratio_seconds"] is not None else float("inf") for e in per_seed.values())),
             "reached_random_best": sum(e["ratio_epochs"] is not None for e in per_seed.values()),
             "seeds": len(per_seed),
             "median_best": statistics.median(bests) if bests else None,
             "best_range": [min(bests), max(bests)] if bests else None,
             "median_epochs_total": statistics.median(e["epochs_total"] for e in per_seed.values()),
+            **cross_paired(records, strategy, seeds),
         }
     curves = [[row["val_curve"] for row in rec["trials"] if row["state"] == "COMPLETE"
                and len(row["val_curve"]) == budget_epochs]
@@ -150,6 +136,34 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
         out["replay"] = {"studies": len(curves), "curves": sum(map(len, curves)), "orders_per_study": 50,
                          "pruners": replay_pruners(curves, PRUNERS, budget_epochs, orders=50, seed=0)}
     return out
+
+
+def cross_paired(records: dict[tuple[str, int], dict[str, Any]], strategy: str, seeds: list[int]) -> dict:
+    """Every seed of `strategy` against every seed of random (not only its own): TPE's and GP's first trials
+    are random draws from the same seed, so a paired comparison is degenerate when random found its best
+    among them."""
+    from hpo.efficiency import compute_to_reach
+
+    ratios = []
+    for s in seeds:
+        for r in seeds:
+            rec, ref = records.get((strategy, s)), records.get(("random", r))
+            if rec is None or ref is None or ref["best"] is None:
+                continue
+            need = compute_to_reach(rec["trials"], ref["best"], "epochs")
+            ratios.append(float("inf") if need is None else need / compute_to_reach(ref["trials"], ref["best"]))
+    if not ratios:
+        return {}
+    ratios.sort()
+    pick = [ratios[round(q * (len(ratios) - 1))] for q in (0.25, 0.5, 0.75)]  # nearest-rank quartiles
+    return {"cross_pairs": len(ratios), "cross_median_ratio_epochs": _finite(statistics.median(ratios)),
+            "cross_ratio_epochs_quartiles": [_finite(q) for q in pick],
+            "cross_reached": sum(r != float("inf") for r in ratios)}
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a ratio of a strategy that never reached the target is stored as null."""
+    return None if x == float("inf") else round(x, 3)
 
 
 def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path, png: bool = True) -> None:
@@ -247,8 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     if records:
         chart(records, args.out, png=not args.no_png)
     for name, s in summary["strategies"].items():
-        print(f"{name:14s} ratio (epochs) median {s['median_ratio_epochs']:.2f} range {s['ratio_epochs_range']} "
-              f"reached {s['reached_random_best']}/{s['seeds']}; best median {s['median_best']}")
+        print(f"{name:14s} ratio (epochs) median {s['median_ratio_epochs']} range {s['ratio_epochs_range']} "
+              f"reached {s['reached_random_best']}/{s['seeds']}; all pairs median {s.get('cross_median_ratio_epochs')} "
+              f"quartiles {s.get('cross_ratio_epochs_quartiles')} reached {s.get('cross_reached')}/"
+              f"{s.get('cross_pairs')}; best median {s['median_best']}")
 
 
 if __name__ == "__main__":
