@@ -120,6 +120,8 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError):  # ValueError: a non-numeric port
         raise StorageError(f"malformed storage URL {display_url(url)!r} (expected e.g. sqlite:///hpo.db, "
                            f"postgresql+psycopg://user@host:5432/db or grpc://host:{GRPC_DEFAULT_PORT})") from None
+    if parsed.host and "@" in parsed.host:  # make_url split an unescaped '@' of the password into the host
+        raise StorageError(f"malformed storage URL {display_url(url)!r}: write an '@' in the password as %40")
     if parsed.drivername == GRPC_SCHEME:
         _import_grpc(f"storage URL {display_url(url)}")
         return parsed
@@ -139,7 +141,9 @@ def display_url(url: str) -> str:
     SQLAlchemy's own masking first; then `hide_password`, because make_url cuts an unescaped '@' in the
     password at the first '@' (the rest would show as the host) and rejects some URLs outright."""
     try:
-        url = make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
+        if parsed.password is not None:  # else keep the user's spelling (rendering escapes e.g. '@' in paths)
+            url = parsed.render_as_string(hide_password=True)
     except (ArgumentError, ValueError, TypeError):
         pass
     return hide_password(str(url))
