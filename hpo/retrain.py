@@ -147,6 +147,8 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
         raise RetrainError(f"study {study.study_name!r} has no 'study_file' user_attr: it was not created by "
                            f"`hpo study start`, so its search space and base recipe are unknown")
     spec = spec_from_dict(raw)
+    if spec.name != study.study_name:  # the name becomes a folder below: only a validated one may
+        raise RetrainError(f"study {study.study_name!r} stores the study file of {spec.name!r}; refusing to use it")
     trial = pick_trial(study, options.trial)
     cfg = replay_config(spec, trial)
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
