@@ -3,7 +3,9 @@
 A study file is data. `load_study_file` reads and validates it (one clear `StudyFileError` per bad field;
 unknown keys are errors) into a frozen `StudySpec`. The parsed dict (`StudySpec.raw`) is stored on the study
 (user_attr "study_file"), so retraining and the dashboard rebuild the exact spec from storage alone with
-`spec_from_dict(raw)`.
+`spec_from_dict(raw)`; its storage URL has no password (everyone who reads the database sees the attr).
+Values are refused up front when a run could not use them: non-finite or out-of-range numbers (UPPER), names
+that are not safe folder names, control characters, any malformed structure; always as one StudyFileError.
 
 Layout (every table but [study] and [space] is optional):
 
@@ -110,7 +112,7 @@ class StudySpec:
     stop_on_target: bool = False  # stop every worker once a trial reaches target_accuracy
     max_params: int | None = None  # configurations with more parameters are rejected before training
     artifact_dir: str = ""  # absolute folder of the optuna artifact store
-    raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied
+    raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied, storage password removed
 
     def __hash__(self) -> int:  # dict fields; identity is fine for a frozen value used as a config
         return id(self)

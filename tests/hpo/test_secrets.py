@@ -41,7 +41,8 @@ def test_display_url_masks_the_password_however_malformed(url, shown):
 
 def test_stored_url_drops_the_password_and_command_lines_are_masked():
     assert hide_password("postgresql+psycopg://u:ab@s3cret@h/db", None) == "postgresql+psycopg://u@h/db"
-    assert hide_password("postgresql://h/db?password=s3cret&sslmode=require", None) == "postgresql://h/db?sslmode=require"
+    stored = hide_password("postgresql://h/db?password=s3cret&sslmode=require", None)
+    assert stored == "postgresql://h/db?sslmode=require"
     line = "hpo retrain x --storage postgresql://u:s3cret@h/db --storage=postgresql://u:a@s3cret@h/db --out r"
     assert hide_passwords(line) == ("hpo retrain x --storage postgresql://u:***@h/db "
                                     "--storage=postgresql://u:***@h/db --out r")
