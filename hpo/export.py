@@ -73,7 +73,11 @@ def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Modul
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
     model = build_model(cfg.model)
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:  # e.g. a checkpoint.pt copied over best.pt
+        raise ExportError(f"{path} holds no weights for its config ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'state_dict'})") from None
     return model.eval(), cfg, path
 
 

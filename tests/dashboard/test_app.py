@@ -33,6 +33,17 @@ def test_config_takes_cli_then_toml_then_defaults(tmp_path):
     assert (shipped.host, shipped.port, shipped.quiet, shipped.storage) == ("127.0.0.1", 8080, True, None)
 
 
+def test_config_allowed_hosts_from_cli_or_toml(tmp_path):
+    toml = tmp_path / "dash.toml"
+    toml.write_text('[optuna_dashboard]\nallowed_hosts = ["dash.example.org"]\n')
+    assert DashboardConfig.build({}, toml).allowed_hosts == ("dash.example.org",)
+    assert DashboardConfig.build({"allowed_hosts": ["a.example"]}, toml).allowed_hosts == ("a.example",)
+    assert DashboardConfig.build({}, CONFIG_TOML).allowed_hosts == ()
+    toml.write_text('[optuna_dashboard]\nallowed_hosts = "dash.example.org"\n')
+    with pytest.raises(HPOError, match="allowed_hosts must be a list of host names"):
+        DashboardConfig.build({}, toml)
+
+
 def test_config_rejects_unknown_keys(tmp_path):
     toml = tmp_path / "dash.toml"
     toml.write_text("[optuna_dashboard]\nprot = 1\n")
