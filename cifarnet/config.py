@@ -204,14 +204,21 @@ def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
     """A run TOML: TrainConfig fields at the top level, a [model] table and an optional [data] table."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise ConfigError(f"{path} is not a TOML file (binary, or nested too deeply)") from None
+    except OSError as e:  # e.g. a directory
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     data = raw.pop("data", {}) or {}
-    _reject_unknown("data", data, DataConfig)
     try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"data must be a [data] table, got {data!r}")
+        _reject_unknown("data", data, DataConfig)
+        _check_types("data.", data, DataConfig)
         return TrainConfig.from_dict(raw), DataConfig(**data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
