@@ -11,6 +11,7 @@ import os
 import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -253,7 +254,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     Python data only, so a crafted file cannot run code while it is read (torch refuses any other global)."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a plain pickle (not torch's zip) draws a protocol warning first
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:  # torch's "Weights only load failed": a global outside its allowlist
         lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith("Check the doc")]
         raise CheckpointError(f"{path} is not a checkpoint written by cifarnet: refused to load it, it holds more "
