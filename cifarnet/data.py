@@ -93,13 +93,17 @@ BATCH_GLOBALS = {
 }
 
 
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
 class _BatchUnpickler(pickle.Unpickler):
     """pickle.Unpickler that resolves only BATCH_GLOBALS, so a crafted batch file cannot call anything else."""
 
     def find_class(self, module: str, name: str):
         if (module, name) not in BATCH_GLOBALS:
-            raise pickle.UnpicklingError(f"refused global {module}.{name} (a CIFAR-10 batch holds only numpy "
-                                         f"arrays, lists, numbers and strings)")
+            raise _RefusedGlobal(f"refused global {module}.{name} (a CIFAR-10 batch holds only numpy arrays, "
+                                 f"lists, numbers and strings)")
         return super().find_class(module, name)
 
 
@@ -108,9 +112,10 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="latin1").load()
         data, labels = batch["data"], np.asarray(batch["labels"])
-    except pickle.UnpicklingError as e:
+    except _RefusedGlobal as e:
         raise DataError(f"{path} is not a CIFAR-10 batch: {e}") from None
-    except (EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError, MemoryError) as e:
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+            MemoryError) as e:
         raise DataError(f"{path} is not a CIFAR-10 batch (truncated or corrupt: {type(e).__name__}: {e})") from None
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         shape = getattr(data, "shape", None)
