@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,12 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear")
 AUG_BACKENDS = ("torch", "albumentations")
 DEVICES = ("auto", "cpu", "cuda")
+# Upper bounds that keep a config inside what one run can use: MAX_WIDTH is 4x the original's widest block (128);
+# all four at 512 is a 27M-parameter model with 0.5 GB activations per layer at batch 256. Seeds are 32-bit.
+MAX_WIDTH = 512
+MAX_EPOCHS = 10_000
+MAX_BATCH_SIZE = 65_536
+SEED_LIMIT = 2**32  # seeds are in [0, SEED_LIMIT)
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,8 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
-        if len(self.widths) != 4 or any(w < 1 for w in self.widths):
-            raise ConfigError(f"model.widths must be 4 positive integers, got {list(self.widths)}")
+        if len(self.widths) != 4 or any(not 1 <= w <= MAX_WIDTH for w in self.widths):
+            raise ConfigError(f"model.widths must be 4 integers in 1..{MAX_WIDTH}, got {list(self.widths)}")
         if not 1 <= self.dilation <= 4:
             raise ConfigError(f"model.dilation must be in 1..4, got {self.dilation}")
 
@@ -88,8 +95,9 @@ class TrainConfig:
         _check_choice("schedule", self.schedule, SCHEDULES)
         _check_choice("aug_backend", self.aug_backend, AUG_BACKENDS)
         checks = {
-            "epochs": self.epochs >= 1,
-            "batch_size": self.batch_size >= 1,
+            "epochs": 1 <= self.epochs <= MAX_EPOCHS,
+            "batch_size": 1 <= self.batch_size <= MAX_BATCH_SIZE,
+            "seed": 0 <= self.seed < SEED_LIMIT,
             "lr": math.isfinite(self.lr) and self.lr > 0,
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": 0 <= self.weight_decay < 1,
@@ -117,12 +125,13 @@ class TrainConfig:
         """Build from a (possibly partial) nested dict; unknown keys are errors."""
         d = dict(d)
         model = d.pop("model", {}) or {}
+        if not isinstance(model, dict):
+            raise ConfigError(f"model must be a table ([model] / [train.model]), got {model!r}")
         _reject_unknown("model", model, ModelConfig)
         _reject_unknown("train", d, cls)
-        try:
-            return cls(model=ModelConfig(**model), **d)
-        except TypeError as e:  # wrong value types surface as TypeError from comparisons
-            raise ConfigError(f"bad config value: {e}") from None
+        _check_types("model.", model, ModelConfig)
+        _check_types("", d, cls)
+        return cls(model=ModelConfig(**model), **d)
 
 
 @dataclass(frozen=True)
@@ -151,6 +160,39 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigError(f"{name} must be one of {', '.join(choices)}; got {value!r}")
 
 
+def _check_types(prefix: str, d: dict[str, Any], cls: type) -> None:
+    """Each value of `d` must have its field's type (bool is not a number; ints are fine for floats)."""
+    hints = typing.get_type_hints(cls)
+    for key, value in d.items():
+        expected = hints[key]
+        if not _has_type(value, expected):
+            raise ConfigError(f"{prefix}{key} must be {_type_text(expected)}, got {value!r}")
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if isinstance(value, bool):
+        return False
+    if expected is int:
+        return isinstance(value, int)
+    if expected is float:
+        return isinstance(value, (int, float))
+    if expected is str:
+        return isinstance(value, str)
+    if typing.get_origin(expected) is tuple:  # widths: a list of ints
+        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    args = typing.get_args(expected)  # X | None
+    return value is None or any(_has_type(value, a) for a in args if a is not type(None))
+
+
+def _type_text(expected: Any) -> str:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    if typing.get_origin(expected) is tuple:
+        return "a list of integers"
+    return names.get(expected) or " or ".join(names[a] for a in typing.get_args(expected) if a in names)
+
+
 def _reject_unknown(section: str, d: dict[str, Any], cls: type) -> None:
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
@@ -162,14 +204,21 @@ def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
     """A run TOML: TrainConfig fields at the top level, a [model] table and an optional [data] table."""
     path = Path(path)
     try:
-        raw = tomllib.loads(path.read_text())
+        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
+    except (UnicodeDecodeError, RecursionError):
+        raise ConfigError(f"{path} is not a TOML file (binary, or nested too deeply)") from None
+    except OSError as e:  # e.g. a directory
+        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
     data = raw.pop("data", {}) or {}
-    _reject_unknown("data", data, DataConfig)
     try:
+        if not isinstance(data, dict):
+            raise ConfigError(f"data must be a [data] table, got {data!r}")
+        _reject_unknown("data", data, DataConfig)
+        _check_types("data.", data, DataConfig)
         return TrainConfig.from_dict(raw), DataConfig(**data)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None

@@ -82,12 +82,40 @@ def download_cifar10(root: str | os.PathLike) -> Path:
     return Path(root) / BATCH_DIR
 
 
+# The only globals a CIFAR-10 batch needs: numpy's array reconstructors (numpy 1 and 2 module names, pickle
+# protocols 0-5) and, for bytes pickled at protocols 0-2, codecs.encode. Everything else in a batch is dicts,
+# lists, ints, str and bytes, which pickle builds without a global.
+BATCH_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+    *((module, name) for module in ("numpy.core.multiarray", "numpy._core.multiarray")
+      for name in ("_reconstruct", "scalar")),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+}
+
+
+class _RefusedGlobal(pickle.UnpicklingError):
+    pass
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """pickle.Unpickler that resolves only BATCH_GLOBALS, so a crafted batch file cannot call anything else."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in BATCH_GLOBALS:
+            raise _RefusedGlobal(f"refused global {module}.{name} (a CIFAR-10 batch holds only numpy arrays, "
+                                 f"lists, numbers and strings)")
+        return super().find_class(module, name)
+
+
 def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="latin1")
+            batch = _BatchUnpickler(f, encoding="latin1").load()
         data, labels = batch["data"], np.asarray(batch["labels"])
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except _RefusedGlobal as e:
+        raise DataError(f"{path} is not a CIFAR-10 batch: {e}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+            MemoryError) as e:
         raise DataError(f"{path} is not a CIFAR-10 batch (truncated or corrupt: {type(e).__name__}: {e})") from None
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         shape = getattr(data, "shape", None)

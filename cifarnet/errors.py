@@ -13,6 +13,10 @@ class DataError(CifarNetError):
     """The CIFAR-10 folder is missing or not in the expected layout."""
 
 
+class CheckpointError(CifarNetError):
+    """A checkpoint or weights file is missing, truncated, corrupt, or holds more than tensors and plain data."""
+
+
 class NonFiniteLossError(CifarNetError):
     """The training loss became NaN or infinite; the run cannot continue."""
 

@@ -13,15 +13,24 @@ from cifarnet.config import DataConfig, TrainConfig, to_toml
 from cifarnet.data import load_cifar10, make_splits
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
+from cifarnet.redact import hide_passwords
 from cifarnet.train import Report, RunOptions, TrainResult, train
 
 
-def write_json_atomic(obj: Any, path: Path) -> None:
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write a temporary file beside `path`, then rename: readers and crashes never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_json_atomic(obj: Any, path: Path) -> None:
+    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
 
 
 def train_to_dir(
@@ -33,9 +42,9 @@ def train_to_dir(
     out.mkdir(parents=True, exist_ok=True)
     splits = make_splits(load_cifar10(data_dir, download=download), data_cfg)
     stats = model_stats(cfg.model)
-    (out / "config.toml").write_text(to_toml(cfg, data_cfg))
+    write_text_atomic(to_toml(cfg, data_cfg), out / "config.toml")
     record: dict[str, Any] = {
-        "command": command, "date": now_iso(), "seed": cfg.seed, "config": cfg.to_dict(),
+        "command": hide_passwords(command), "date": now_iso(), "seed": cfg.seed, "config": cfg.to_dict(),
         "data": {**data_cfg.__dict__, "train_images": len(splits.train),
                  "val_images": len(splits.val) if splits.val else 0,
                  "test_images": len(splits.test) if splits.test else 0},

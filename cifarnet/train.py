@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,7 +23,7 @@ from torch import nn
 from cifarnet.augment import AlbumentationsDataset, TorchAugment, normalize, seed_albumentations_worker
 from cifarnet.config import TrainConfig
 from cifarnet.data import ImageSet, Splits
-from cifarnet.errors import ConfigError, NonFiniteLossError
+from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cifarnet.fused import fuse_relu_batchnorm, keep_freed_memory
 from cifarnet.model import build_model
 from cifarnet.tta import tta_logp
@@ -248,7 +250,25 @@ def save_atomic(obj: Any, path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A checkpoint or weights file this project wrote, loaded with `weights_only=True`: tensors and plain
+    Python data only, so a crafted file cannot run code while it is read (torch refuses any other global)."""
+    path = Path(path)
+    try:
+        with warnings.catch_warnings():  # a plain pickle (not torch's zip) draws a protocol warning first
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # torch's "Weights only load failed": a global outside its allowlist
+        lines = [line for line in str(e).splitlines() if line.strip() and not line.startswith("Check the doc")]
+        raise CheckpointError(f"{path} is not a checkpoint written by cifarnet: refused to load it, it holds more "
+                              f"than tensors and plain data ({lines[-1] if lines else 'unpickling refused'})") from None
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint not found: {path}") from None
+    except Exception as e:  # truncated, empty or not a torch file: torch raises many types for garbage
+        detail = str(e).strip().split(". ")[0] if str(e).strip() else "file ended early"
+        raise CheckpointError(f"{path} is truncated or not a checkpoint ({type(e).__name__}: {detail})") from None
+    if not isinstance(state, dict) or "config" not in state:
+        raise CheckpointError(f"{path} is not a checkpoint written by cifarnet (no 'config' entry)")
+    return state
 
 
 def _evaluate_splits(trainer: _Trainer, splits: Splits) -> dict[str, float]:

@@ -25,6 +25,7 @@ from optuna.storages import BaseStorage
 from dashboard.studies import resolve_target
 from hpo.storage import open_existing_storage
 from hpo.errors import HPOError
+from hpo.exposure import LOOPBACK_NAMES, exposure_warning
 
 CONFIG_TOML = Path(__file__).with_name("config.toml")
 
@@ -42,6 +43,9 @@ class DashboardConfig:
     port: int = 8080
     # No per-request access log on stderr.
     quiet: bool = False
+    # Host header names answered besides localhost, 127.0.0.1 and [::1] (and --host itself): a request naming
+    # any other host gets 403, so a web page cannot reach the dashboard through DNS rebinding.
+    allowed_hosts: tuple[str, ...] = ()
 
     @classmethod
     def build(cls, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML) -> "DashboardConfig":
@@ -52,6 +56,11 @@ class DashboardConfig:
         if unknown:
             raise HPOError(f"dashboard config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
         values = {name: cli[name] if cli.get(name) is not None else table.get(name) for name in names}
+        hosts = values.get("allowed_hosts")
+        if hosts is not None:
+            if not isinstance(hosts, (list, tuple)) or not all(isinstance(h, str) and h for h in hosts):
+                raise HPOError(f"dashboard config: allowed_hosts must be a list of host names, got {hosts!r}")
+            values["allowed_hosts"] = tuple(hosts)
         return cls(**{k: v for k, v in values.items() if v is not None})
 
 
@@ -108,6 +117,30 @@ def create_app(storage: BaseStorage, artifact_store: Any | None = None) -> Calla
     return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
 
 
+class HostCheck:
+    """WSGI middleware: answer only requests whose Host header names an allowed host, else 403.
+
+    optuna-dashboard answers any Host; a page on an attacker's domain that re-resolves to 127.0.0.1 (DNS
+    rebinding) would then drive the dashboard with the user's browser. Names compare without port and case."""
+
+    def __init__(self, app: Callable, allowed: set[str]):
+        self.app, self.allowed = app, {_host_name(h) for h in allowed}
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        if _host_name(environ.get("HTTP_HOST", "")) in self.allowed:
+            return self.app(environ, start_response)
+        start_response("403 Forbidden", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"403 Forbidden: this Host is not served (hpo dashboard --allowed-host NAME adds one)\n"]
+
+
+def _host_name(host: str) -> str:
+    """'[::1]:8080' -> '::1', 'LocalHost.:80' -> 'localhost'."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return (host.rsplit(":", 1)[0] if host.count(":") == 1 else host).rstrip(".")
+
+
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a slow request (e.g. importances) never holds up shutdown
 
@@ -121,8 +154,13 @@ def serve(config: DashboardConfig, storage: BaseStorage, announce: Callable[[str
     """Serve until SIGINT or SIGTERM, then stop accepting, close the socket (the port is free) and return."""
     store = StudyArtifactStore(storage, config.artifact_dir)
     handler = _QuietHandler if config.quiet else WSGIRequestHandler
-    httpd = make_server(config.host, config.port, create_app(storage, store), server_class=_ThreadedServer,
-                        handler_class=handler)
+    allowed = {*LOOPBACK_NAMES, *config.allowed_hosts, *([] if config.host in ("0.0.0.0", "::") else [config.host])}
+    httpd = make_server(config.host, config.port, HostCheck(create_app(storage, store), allowed),
+                        server_class=_ThreadedServer, handler_class=handler)
+    warning = exposure_warning("the dashboard", config.host, httpd.server_address[1],
+                               "read, change and delete its studies, notes and artifacts, and upload files")
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
 
     def stop(signum: int, _frame: Any) -> None:
         # shutdown() waits for serve_forever() to return, so it must run outside the serving thread.

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
+from cifarnet.run import write_text_atomic
 from dashboard.studies import resolve_target
 from hpo.study import load_study, seed_baseline
 
@@ -50,8 +51,7 @@ def build_report(study: optuna.Study) -> str:
 
 def write_report(study: optuna.Study, path: str | Path) -> Path:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(build_report(study), encoding="utf-8")
+    write_text_atomic(build_report(study), path)  # a crash mid-write never leaves half a report
     return path
 
 

@@ -8,7 +8,6 @@ training code's own path (`cifarnet.augment.normalize` + the model) on a batch o
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,6 +21,7 @@ from cifarnet.augment import normalize
 from cifarnet.config import TrainConfig
 from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
 from cifarnet.model import build_model
+from cifarnet.run import write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
@@ -73,7 +73,11 @@ def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Modul
     state = load_checkpoint(path)
     cfg = TrainConfig.from_dict(state["config"])
     model = build_model(cfg.model)
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except (KeyError, RuntimeError, TypeError) as e:  # e.g. a checkpoint.pt copied over best.pt
+        raise ExportError(f"{path} holds no weights for its config ({type(e).__name__}: "
+                          f"{str(e).strip().splitlines()[0] if str(e).strip() else 'state_dict'})") from None
     return model.eval(), cfg, path
 
 
@@ -101,13 +105,21 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
     out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
     images, source = check_batch(data_dir, batch)
     deploy = DeployModel(model, cfg.tta_flip, cfg.tta_shift).eval()
-    _WRITERS[fmt](deploy, images[:2], out)
-    got = torch.from_numpy(np.asarray(_RUNNERS[fmt](out, images)))
-    diff = (got - reference_logp(model, images, cfg.tta_flip, cfg.tta_shift)).abs().max().item()
-    result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source)
-    out.with_name(out.name + ".json").write_text(json.dumps(_describe(result, cfg), indent=2) + "\n")
-    if not diff < TOLERANCE:
-        raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE:g})")
+    # Written and checked under a temporary name, renamed only once the check passed: a failed or interrupted
+    # export leaves no model file (and no sidecar) behind that could be mistaken for a checked one.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        _WRITERS[fmt](deploy, images[:2], tmp)
+        got = torch.from_numpy(np.asarray(_RUNNERS[fmt](tmp, images)))
+        diff = (got - reference_logp(model, images, cfg.tta_flip, cfg.tta_shift)).abs().max().item()
+        if not diff < TOLERANCE:
+            raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE:g}); "
+                              f"nothing written")
+        result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source)
+        write_json_atomic(_describe(result, cfg), out.with_name(out.name + ".json"))
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result
 
 

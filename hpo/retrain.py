@@ -30,6 +30,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.hardware import now_iso
+from cifarnet.redact import hide_passwords
 from cifarnet.run import train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
@@ -146,6 +147,8 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
         raise RetrainError(f"study {study.study_name!r} has no 'study_file' user_attr: it was not created by "
                            f"`hpo study start`, so its search space and base recipe are unknown")
     spec = spec_from_dict(raw)
+    if spec.name != study.study_name:  # the name becomes a folder below: only a validated one may
+        raise RetrainError(f"study {study.study_name!r} stores the study file of {spec.name!r}; refusing to use it")
     trial = pick_trial(study, options.trial)
     cfg = replay_config(spec, trial)
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
@@ -208,9 +211,27 @@ def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
 
 def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResult:
     """Train until the target or max epochs, write the run folder, upload it and record the outcome."""
-    plan.study.set_user_attr("retrain", {"status": "running", "trial": plan.trial.number, "target": plan.target,
-                                         "max_epochs": plan.cfg.epochs, "run_dir": str(plan.out),
-                                         "schedule": plan.schedule_note, "started": now_iso()})
+    running = {"status": "running", "trial": plan.trial.number, "target": plan.target,
+               "max_epochs": plan.cfg.epochs, "run_dir": str(plan.out), "schedule": plan.schedule_note,
+               "started": now_iso()}
+    plan.study.set_user_attr("retrain", running)
+    try:
+        return _run_retrain(plan, report)
+    except BaseException as e:  # Ctrl-C included: the study must not say "running" for a retrain that ended
+        _record_failure(plan, running, e)
+        raise
+
+
+def _record_failure(plan: RetrainPlan, running: dict[str, Any], error: BaseException) -> None:
+    reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+    try:
+        plan.study.set_user_attr("retrain", {**running, "status": "failed", "reason": hide_passwords(reason),
+                                             "finished": now_iso()})
+    except Exception as e:  # e.g. the storage itself failed; the original error is the one to report
+        print(f"warning: could not record the failed retrain in the study ({type(e).__name__})", file=sys.stderr)
+
+
+def _run_retrain(plan: RetrainPlan, report: Report | None) -> RetrainResult:
     history = train_until_target(plan, report)
     result = _result(plan, history)
     _finish_run_folder(plan, history, result)

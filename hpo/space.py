@@ -100,7 +100,10 @@ def _parse_dist(field: str, spec: Any, kind: type) -> Dist:
     if log and low <= 0:
         raise StudyFileError(f"{field}: log range needs low > 0, got {low}")
     if kind is int:
-        return IntRange(int(low), int(high), int(spec.get("step", 1)), log)
+        step = spec.get("step", 1)
+        if not _is_kind(step, int) or step < 1 or (log and step != 1):
+            raise StudyFileError(f"{field}.step must be an integer >= 1 (and 1 with log = true), got {step!r}")
+        return IntRange(int(low), int(high), step, log)
     return FloatRange(float(low), float(high), log)
 
 

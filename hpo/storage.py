@@ -36,6 +36,7 @@ import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
+from cifarnet.redact import hide_password
 from hpo.errors import StorageError
 
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another process's lock before giving up
@@ -116,9 +117,11 @@ def parse_url(url: str) -> URL:
     """Check the URL's syntax and that its database driver (or grpcio, for grpc://) is installed."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
-        raise StorageError(f"malformed storage URL {url!r} (expected e.g. sqlite:///hpo.db, "
+    except (ArgumentError, ValueError):  # ValueError: a non-numeric port
+        raise StorageError(f"malformed storage URL {display_url(url)!r} (expected e.g. sqlite:///hpo.db, "
                            f"postgresql+psycopg://user@host:5432/db or grpc://host:{GRPC_DEFAULT_PORT})") from None
+    if parsed.host and "@" in parsed.host:  # make_url split an unescaped '@' of the password into the host
+        raise StorageError(f"malformed storage URL {display_url(url)!r}: write an '@' in the password as %40")
     if parsed.drivername == GRPC_SCHEME:
         _import_grpc(f"storage URL {display_url(url)}")
         return parsed
@@ -133,11 +136,17 @@ def parse_url(url: str) -> URL:
 
 
 def display_url(url: str) -> str:
-    """The URL with its password masked, for messages and listings."""
+    """The URL with its password masked, for messages and listings, however malformed it is.
+
+    SQLAlchemy's own masking first; then `hide_password`, because make_url cuts an unescaped '@' in the
+    password at the first '@' (the rest would show as the host) and rejects some URLs outright."""
     try:
-        return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+        parsed = make_url(url)
+        if parsed.password is not None:  # else keep the user's spelling (rendering escapes e.g. '@' in paths)
+            url = parsed.render_as_string(hide_password=True)
+    except (ArgumentError, ValueError, TypeError):
+        pass
+    return hide_password(str(url))
 
 
 def is_locked(error: BaseException) -> bool:

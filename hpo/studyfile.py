@@ -3,7 +3,9 @@
 A study file is data. `load_study_file` reads and validates it (one clear `StudyFileError` per bad field;
 unknown keys are errors) into a frozen `StudySpec`. The parsed dict (`StudySpec.raw`) is stored on the study
 (user_attr "study_file"), so retraining and the dashboard rebuild the exact spec from storage alone with
-`spec_from_dict(raw)`.
+`spec_from_dict(raw)`; its storage URL has no password (everyone who reads the database sees the attr).
+Values are refused up front when a run could not use them: non-finite or out-of-range numbers (UPPER), names
+that are not safe folder names, control characters, any malformed structure; always as one StudyFileError.
 
 Layout (every table but [study] and [space] is optional):
 
@@ -19,13 +21,18 @@ Layout (every table but [study] and [space] is optional):
 from __future__ import annotations
 
 import copy
+import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cifarnet.config import DataConfig, TrainConfig
+import optuna
+
+from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig
 from cifarnet.errors import ConfigError
+from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
 from hpo.space import Choice, SearchSpace, apply_params, parse_space
 
@@ -50,6 +57,20 @@ BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": 
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int}
 # Options that may be 0; every other number in a study file must be > 0.
 ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
+# Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
+# stays below 2**31 so seed + worker index (hpo.study.build_sampler) is still a valid 32-bit numpy seed.
+TRAIN_IMAGES = 50_000  # CIFAR-10's training set, validation split included
+UPPER = {
+    "trials": 1_000_000, "timeout": 366 * 86_400.0, "target_accuracy": 1.0, "max_params": 10**9,
+    "epochs": MAX_EPOCHS, "train_size": TRAIN_IMAGES, "val_size": TRAIN_IMAGES - 1, "split_seed": SEED_LIMIT - 1,
+    # The heartbeat thread sleeps heartbeat_interval seconds; a dead worker is noticed after grace_period.
+    "heartbeat_interval": 3_600, "grace_period": 7 * 86_400, "max_retry": 100,
+    "seed": 2**31 - 1, "n_startup_trials": 1_000_000, "n_warmup_steps": MAX_EPOCHS, "interval_steps": MAX_EPOCHS,
+    "n_min_trials": 1_000_000, "min_resource": MAX_EPOCHS, "max_resource": MAX_EPOCHS, "reduction_factor": 100,
+    "min_early_stopping_rate": 100,
+}
+# Study names become folder names (artifacts/<name>, runs/retrain/<name>) and output lines.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
 TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space")
 
 
@@ -91,7 +112,7 @@ class StudySpec:
     stop_on_target: bool = False  # stop every worker once a trial reaches target_accuracy
     max_params: int | None = None  # configurations with more parameters are rejected before training
     artifact_dir: str = ""  # absolute folder of the optuna artifact store
-    raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied
+    raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied, storage password removed
 
     def __hash__(self) -> int:  # dict fields; identity is fine for a frozen value used as a config
         return id(self)
@@ -101,27 +122,50 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
                     timeout: float | None = None) -> StudySpec:
     """Read and validate a study TOML; CLI overrides are written into `raw` so it stays the whole truth."""
     path = Path(path)
+    raw = _read_toml(path)
     try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise StudyFileError(f"study file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-        raise StudyFileError(f"{path}: TOML syntax error: {e}") from None
-    study = raw.get("study")
-    if isinstance(study, dict):
-        overrides = {"storage": storage, "trials": n_trials, "timeout": timeout}
-        study.update({k: v for k, v in overrides.items() if v is not None})
-        # Relative artifact folders resolve once, here, so the stored file means the same from any cwd.
-        study["artifact_dir"] = str(_artifact_dir(study))
-    try:
+        study = raw.get("study")
+        if isinstance(study, dict):
+            overrides = {"storage": storage, "trials": n_trials, "timeout": timeout}
+            study.update({k: v for k, v in overrides.items() if v is not None})
+            # Relative artifact folders resolve once, here, so the stored file means the same from any cwd.
+            study["artifact_dir"] = str(_artifact_dir(study))
         return spec_from_dict(raw)
     except StudyFileError as e:
         raise StudyFileError(f"{path}: {e}") from None
 
 
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise StudyFileError(f"study file not found: {path}") from None
+    except IsADirectoryError:
+        raise StudyFileError(f"{path} is a directory, not a study file") from None
+    except UnicodeDecodeError:
+        raise StudyFileError(f"{path} is not a text file (not UTF-8): a study file is TOML") from None
+    except OSError as e:
+        raise StudyFileError(f"cannot read study file {path}: {e.strerror or e}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise StudyFileError(f"{path}: TOML syntax error: {e}") from None
+    except RecursionError:
+        raise StudyFileError(f"{path}: TOML nested too deeply") from None
+
+
 def spec_from_dict(raw: dict) -> StudySpec:
-    """Validate a parsed study file (e.g. `study.user_attrs["study_file"]`) into a StudySpec."""
-    raw = copy.deepcopy(raw)
+    """Validate a parsed study file (e.g. `study.user_attrs["study_file"]`) into a StudySpec.
+
+    `raw` of the result keeps the storage URL without its password: that is what goes into the study, where
+    everyone who can read the database (and the dashboard) sees it. The password stays in `storage` only."""
+    try:
+        return _spec_from_dict(copy.deepcopy(raw))
+    except RecursionError:
+        raise StudyFileError("study file nested too deeply") from None
+
+
+def _spec_from_dict(raw: dict) -> StudySpec:
     _check_keys("study file", raw, {t: dict for t in TABLES})
     for table in ("study", "space"):
         if table not in raw:
@@ -130,8 +174,11 @@ def spec_from_dict(raw: dict) -> StudySpec:
     base, data = _parse_budget(raw.get("budget", {}), raw.get("train", {}))
     space = parse_space(raw["space"])
     _check_space(space, base)
+    storage = study.get("storage", DEFAULT_STORAGE)
+    if "storage" in raw["study"]:
+        raw["study"]["storage"] = hide_password(storage, None)
     return StudySpec(
-        name=study["name"], storage=study.get("storage", DEFAULT_STORAGE), base=base, data=data, space=space,
+        name=study["name"], storage=storage, base=base, data=data, space=space,
         sampler=SamplerSpec(*_parse_kind("sampler", raw.get("sampler", {}), SAMPLER_OPTIONS, "tpe")),
         pruner=PrunerSpec(*_parse_kind("pruner", raw.get("pruner", {}), PRUNER_OPTIONS, "median")),
         workers=_parse_workers(raw.get("workers", {})),
@@ -153,8 +200,14 @@ def _typed(where: str, values: dict[str, Any], keys: dict[str, type]) -> dict[st
             ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not ok:
             raise StudyFileError(f"{where} {key} must be {_type_name(kind)}, got {value!r}")
-        if kind in (int, float) and (value < 0 or (value == 0 and key not in ZERO_OK)):
-            raise StudyFileError(f"{where} {key} must be {'>= 0' if key in ZERO_OK else '> 0'}, got {value!r}")
+        if kind in (int, float):
+            high = UPPER[key]
+            if not math.isfinite(value) or value < 0 or (value == 0 and key not in ZERO_OK) or value > high:
+                high_text = f"{int(high):,}" if float(high).is_integer() else f"{high}"
+                raise StudyFileError(f"{where} {key} must be {'>= 0' if key in ZERO_OK else '> 0'} and <= "
+                                     f"{high_text}, got {value!r}")
+        if kind is str and any(ord(c) < 32 or ord(c) == 127 for c in value):
+            raise StudyFileError(f"{where} {key} must not contain control characters (newline, NUL, ...)")
         out[key] = float(value) if kind is float else value
     return out
 
@@ -163,6 +216,7 @@ def _parse_study(values: dict[str, Any]) -> dict[str, Any]:
     study = _typed("[study]", values, STUDY_KEYS)
     if not study.get("name"):
         raise StudyFileError("[study] name is required (a non-empty string)")
+    check_name(study["name"])
     if study.get("target_accuracy", 1.0) > 1:
         raise StudyFileError(f"[study] target_accuracy is a fraction in (0, 1], got {study['target_accuracy']}")
     if "trials" not in study and "timeout" not in study:
@@ -170,6 +224,13 @@ def _parse_study(values: dict[str, Any]) -> dict[str, Any]:
     if study.get("stop_on_target") and "target_accuracy" not in study:
         raise StudyFileError("[study] stop_on_target needs a target_accuracy")
     return study
+
+
+def check_name(name: str) -> None:
+    """Study names become folder names and output lines: letters, digits, '.', '_' and '-' only."""
+    if not NAME_PATTERN.fullmatch(name) or name in (".", ".."):
+        raise StudyFileError(f"[study] name must be 1-100 of letters, digits, '.', '_', '-' (not '.' or '..'), "
+                             f"got {name!r}")
 
 
 def _check_keys(where: str, values: Any, known: dict[str, Any]) -> None:
@@ -193,9 +254,22 @@ def _parse_kind(table: str, values: dict[str, Any], kinds: dict[str, dict[str, t
     """[sampler] / [pruner]: a `kind` and that kind's options."""
     values = dict(values)
     kind = values.pop("kind", default)
-    if kind not in kinds:
+    if not isinstance(kind, str) or kind not in kinds:
         raise StudyFileError(f"[{table}] kind must be one of {', '.join(kinds)}; got {kind!r}")
-    return kind, _typed(f"[{table}] (kind {kind})", values, kinds[kind])
+    options = _typed(f"[{table}] (kind {kind})", values, kinds[kind])
+    if table == "pruner":
+        _check_pruner(kind, options)
+    return kind, options
+
+
+def _check_pruner(kind: str, options: dict[str, Any]) -> None:
+    """optuna's own constructor checks the options' relations (e.g. reduction_factor >= 2) up front."""
+    pruner = {"median": optuna.pruners.MedianPruner, "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+              "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}[kind]
+    try:
+        pruner(**options)
+    except (ValueError, TypeError) as e:
+        raise StudyFileError(f"[pruner] (kind {kind}): {e}") from None
 
 
 def _parse_budget(budget: dict[str, Any], train: dict[str, Any]) -> tuple[TrainConfig, DataConfig]:
@@ -237,11 +311,17 @@ def _check_space(space: SearchSpace, base: TrainConfig) -> None:
 
 def _artifact_dir(study: dict[str, Any]) -> Path:
     """Explicit folder (relative to cwd), else artifacts/<name> next to the SQLite file, else in cwd."""
-    if isinstance(study.get("artifact_dir"), str) and study["artifact_dir"]:
-        return Path(study["artifact_dir"]).expanduser().resolve()
-    name = study.get("name") if isinstance(study.get("name"), str) else "study"
-    storage = study.get("storage", DEFAULT_STORAGE)
-    root = Path.cwd()
-    if isinstance(storage, str) and storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        root = Path(storage.removeprefix("sqlite:///")).expanduser().resolve().parent
-    return (root / "artifacts" / name).resolve()
+    try:
+        if isinstance(study.get("artifact_dir"), str) and study["artifact_dir"]:
+            return Path(study["artifact_dir"]).expanduser().resolve()
+        name = study.get("name")
+        if not isinstance(name, str) or not name:
+            name = "study"
+        check_name(name)  # before it becomes part of a path
+        storage = study.get("storage", DEFAULT_STORAGE)
+        root = Path.cwd()
+        if isinstance(storage, str) and storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+            root = Path(storage.removeprefix("sqlite:///")).expanduser().resolve().parent
+        return (root / "artifacts" / name).resolve()
+    except (RuntimeError, ValueError, OSError) as e:  # "~nouser/x", a NUL byte, an unreadable cwd
+        raise StudyFileError(f"[study] artifact_dir / storage: not a usable path ({e})") from None

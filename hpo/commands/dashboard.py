@@ -20,7 +20,12 @@ def dashboard_cmd(
     artifact_dir: Annotated[Optional[Path], typer.Option(
         help="Extra artifact folder, read first and written by uploads (each study's own is always read).")] = None,
     host: Annotated[Optional[str], typer.Option(
-        help="Interface to listen on (default from dashboard/config.toml).")] = None,
+        help="Interface to listen on (default from dashboard/config.toml: 127.0.0.1). The dashboard has no "
+             "authentication: on any other interface everyone who can reach the port can read, change and delete "
+             "studies and upload files; share it through an SSH tunnel or an authenticating reverse proxy.")] = None,
+    allowed_host: Annotated[Optional[list[str]], typer.Option(
+        "--allowed-host", help="A Host header name to answer besides localhost/127.0.0.1/[::1] and --host "
+                               "(repeatable; e.g. the name a reverse proxy forwards). Others get 403.")] = None,
     port: Annotated[Optional[int], typer.Option(help="TCP port; 0 picks a free one (default from the config).")] = None,
     quiet: Annotated[Optional[bool], typer.Option(
         "--quiet/--access-log", help="Hide / show the per-request log (default from the config).")] = None,
@@ -31,7 +36,8 @@ def dashboard_cmd(
     from dashboard.app import CONFIG_TOML, run_dashboard
 
     run_dashboard(study_file, {"storage": storage, "artifact_dir": str(artifact_dir) if artifact_dir else None,
-                               "host": host, "port": port, "quiet": quiet}, config or CONFIG_TOML, announce=typer.echo)
+                               "host": host, "port": port, "quiet": quiet,
+                               "allowed_hosts": allowed_host or None}, config or CONFIG_TOML, announce=typer.echo)
 
 
 @app.command("report")

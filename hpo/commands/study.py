@@ -11,6 +11,7 @@ import typer
 
 from hpo.cli import DataDirOpt, DeviceOpt, app
 from hpo.errors import HPOError
+from hpo.exposure import exposure_warning
 from hpo.launcher import device_slots
 from hpo.consistency import check_consistency
 from hpo.storage import GRPC_DEFAULT_PORT, open_storage, serve_storage_proxy
@@ -76,11 +77,17 @@ def worker_cmd(
 @app.command("storage-proxy")
 def storage_proxy_cmd(
     storage: Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the database to serve.")],
-    host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "localhost",
+    host: Annotated[str, typer.Option(help=(
+        "Address to listen on (0.0.0.0: every interface). The proxy has no authentication or encryption: on any "
+        "interface but loopback everyone who can reach the port can read, change and delete every study in the "
+        "database; keep it on a private network or reach it through an SSH tunnel."))] = "localhost",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = GRPC_DEFAULT_PORT,
 ) -> None:
     """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
     --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
+    warning = exposure_warning("the storage proxy", host, port, "read, change and delete every study in the database")
+    if warning:
+        typer.echo(warning, err=True)
     try:
         serve_storage_proxy(storage, host, port, on_ready=typer.echo)
     except KeyboardInterrupt:

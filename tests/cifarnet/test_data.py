@@ -1,5 +1,7 @@
+import os
 import pickle
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +100,56 @@ def test_cli_data_check(tiny_cifar, tmp_path):
     assert "train: 200 images, per class [20, 20, 20, 20, 20, 20, 20, 20, 20, 20]" in r.stdout
     r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 1 and "is missing data_batch_1" in r.stderr and "Traceback" not in r.stderr
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted batch file would do with a plain pickle.load."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("protocol", [2, 5])
+def test_crafted_batch_is_refused_and_runs_nothing(tmp_path, protocol):
+    root = write_cifar_batches(tmp_path / "d")
+    marker = tmp_path / "marker"
+    batch = root / "cifar-10-batches-py" / "data_batch_2"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": np.zeros((10, 3072), np.uint8), "labels": [0] * 10, "x": _RunsCode(marker)}, f,
+                    protocol=protocol)
+    with pytest.raises(DataError, match=r"data_batch_2 is not a CIFAR-10 batch: refused global (posix|os)\.system"):
+        load_cifar10(root)
+    assert not marker.exists()
+    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(root)], capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_batches_of_every_pickle_protocol_load(tmp_path, protocol):
+    """The restricted unpickler still reads numpy arrays, lists, str and bytes as each protocol writes them."""
+    root = write_cifar_batches(tmp_path / "d")
+    folder = root / "cifar-10-batches-py"
+    for name in ("data_batch_1", "test_batch"):
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f)
+        batch["batch_label"] = batch["batch_label"].encode()  # bytes, as in the official Python 2 files
+        with open(folder / name, "wb") as f:
+            pickle.dump(batch, f, protocol=protocol)
+    data = load_cifar10(root)
+    assert len(data.train) == 200 and len(data.test) == 60
+
+
+def test_batches_pickled_by_numpy_1_load(tmp_path):
+    """The official files name numpy 1's module (numpy.core.multiarray), which numpy 2 no longer writes."""
+    root = write_cifar_batches(tmp_path / "d")
+    path = root / "cifar-10-batches-py" / "test_batch"
+    with open(path, "rb") as f:
+        batch = pickle.load(f)
+    raw = pickle.dumps(batch, protocol=2)  # GLOBAL opcodes: "module\nname\n" text, so renaming is safe
+    assert b"numpy._core.multiarray\n_reconstruct" in raw
+    path.write_bytes(raw.replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n"))
+    assert len(load_cifar10(root).test) == 60

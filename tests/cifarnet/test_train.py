@@ -1,13 +1,16 @@
 import json
+import os
+import pickle
 import subprocess
+from pathlib import Path
 
 import pytest
 import torch
 
 from cifarnet.config import TrainConfig
 from cifarnet.data import load_cifar10, make_splits
-from cifarnet.errors import ConfigError, NonFiniteLossError
-from cifarnet.train import RunOptions, lr_factor, train
+from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
+from cifarnet.train import RunOptions, load_checkpoint, lr_factor, train
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 
@@ -109,6 +112,65 @@ def test_cli_train_writes_metrics_and_checkpoint(tmp_path, tiny_cifar):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["seed"] == 3 and len(metrics["epochs"]) == 2 and metrics["hardware"]["device"] == "cpu"
     assert metrics["config"]["model"]["widths"] == [4, 8, 8, 8] and metrics["data"]["val_images"] == 40
-    ck = torch.load(out / "checkpoint.pt", weights_only=False)
+    ck = load_checkpoint(out / "checkpoint.pt")
     assert ck["epoch"] == 2 and ck["config"] == metrics["config"]
     assert (out / "config.toml").read_text().startswith("epochs = 2")
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_every_optimizer_and_ema_checkpoint_resumes_with_weights_only_loading(tmp_path, splits, optimizer,
+                                                                               ema_decay):
+    """Checkpoints hold only tensors and plain data, so `weights_only=True` loads each recipe's and resumes it."""
+    cfg = TINY_TRAIN.replace(optimizer=optimizer, ema_decay=ema_decay, lr=0.003 if optimizer == "adamw" else 0.05)
+    opts = RunOptions(checkpoint=tmp_path / "ck.pt")
+    first = train(cfg, splits, lambda epoch, m: True, opts)  # stops after epoch 1 of 2
+    state = load_checkpoint(tmp_path / "ck.pt")
+    assert state["epoch"] == 1 and (state["ema"] is not None) == bool(ema_decay)
+    resumed = train(cfg, splits, opts=RunOptions(checkpoint=tmp_path / "ck.pt", resume=True))
+    assert [m["epoch"] for m in resumed.history] == [1, 2] and resumed.history[0] == first.history[0]
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted checkpoint does under torch.load(weights_only=False)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def _train_resume(tmp_path, tiny_cifar, out):
+    cfg = tmp_path / "run.toml"
+    cfg.write_text("epochs = 1\nbatch_size = 32\n[model]\nwidths = [4, 8, 8, 8]\n[data]\nval_size = 40\n")
+    return subprocess.run(["hpo", "train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out),
+                           "--resume", "--device", "cpu"], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
+def test_crafted_checkpoint_is_refused_and_runs_nothing(tmp_path, tiny_cifar, writer):
+    marker, out = tmp_path / "marker", tmp_path / "out"
+    out.mkdir()
+    crafted = {"config": TINY_TRAIN.to_dict(), "payload": _RunsCode(marker)}
+    if writer == "torch.save":
+        torch.save(crafted, out / "checkpoint.pt")
+    else:  # torch.load also reads plain pickles (its legacy format)
+        (out / "checkpoint.pt").write_bytes(pickle.dumps(crafted))
+    with pytest.raises(CheckpointError, match="checkpoint.pt is not a checkpoint written by cifarnet: refused"):
+        load_checkpoint(out / "checkpoint.pt")
+    r = _train_resume(tmp_path, tiny_cifar, out)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
+    assert str(out / "checkpoint.pt") in r.stderr
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated", "empty"])
+def test_damaged_checkpoint_is_one_clear_line_naming_the_file(tmp_path, tiny_cifar, splits, damage):
+    out = tmp_path / "out"
+    train(TINY_TRAIN.replace(epochs=1), splits, opts=RunOptions(checkpoint=out / "checkpoint.pt"))
+    ck = out / "checkpoint.pt"
+    ck.write_bytes(ck.read_bytes()[: ck.stat().st_size // 2] if damage == "truncated" else b"")
+    r = _train_resume(tmp_path, tiny_cifar, out)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {ck} is truncated or not a checkpoint")

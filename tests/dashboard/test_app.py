@@ -4,6 +4,7 @@ answering optuna-dashboard's HTTP API on a real study database, then stopping cl
 from __future__ import annotations
 
 import io
+import os
 import signal
 import socket
 import subprocess
@@ -30,6 +31,17 @@ def test_config_takes_cli_then_toml_then_defaults(tmp_path):
     assert (cfg.host, cfg.port, cfg.quiet) == ("127.0.0.2", 9123, False)
     shipped = DashboardConfig.build({}, CONFIG_TOML)
     assert (shipped.host, shipped.port, shipped.quiet, shipped.storage) == ("127.0.0.1", 8080, True, None)
+
+
+def test_config_allowed_hosts_from_cli_or_toml(tmp_path):
+    toml = tmp_path / "dash.toml"
+    toml.write_text('[optuna_dashboard]\nallowed_hosts = ["dash.example.org"]\n')
+    assert DashboardConfig.build({}, toml).allowed_hosts == ("dash.example.org",)
+    assert DashboardConfig.build({"allowed_hosts": ["a.example"]}, toml).allowed_hosts == ("a.example",)
+    assert DashboardConfig.build({}, CONFIG_TOML).allowed_hosts == ()
+    toml.write_text('[optuna_dashboard]\nallowed_hosts = "dash.example.org"\n')
+    with pytest.raises(HPOError, match="allowed_hosts must be a list of host names"):
+        DashboardConfig.build({}, toml)
 
 
 def test_config_rejects_unknown_keys(tmp_path):
@@ -113,3 +125,62 @@ def test_dashboard_refuses_a_missing_database(tmp_path):
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no study database at") and "Traceback" not in proc.stderr
     assert not (tmp_path / "typo.db").exists()
+
+
+def _raw_get(port: int, host_header: str | None) -> str:
+    """The status line of a hand-written HTTP/1.1 request (urllib would always send the URL's own Host)."""
+    head = "GET /api/meta HTTP/1.1\r\n" + (f"Host: {host_header}\r\n" if host_header is not None else "")
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall((head + "Connection: close\r\n\r\n").encode())
+        reply = b""
+        while chunk := s.recv(65536):
+            reply += chunk
+    return reply.split(b"\r\n", 1)[0].decode()
+
+
+def _serve_empty_study(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, int, Path]:
+    """`hpo dashboard ARGS --port 0` on a database with one empty study; returns the process, port, stderr file."""
+    url = f"sqlite:///{tmp_path / 'd.db'}"
+    optuna.create_study(study_name="s", storage=url)
+    errors = tmp_path / "stderr.txt"
+    with open(errors, "w") as err:
+        proc = subprocess.Popen([HPO, "dashboard", "--storage", url, "--port", "0", *args], stdout=subprocess.PIPE,
+                                stderr=err, text=True)
+    line = proc.stdout.readline()  # the announcement: http://HOST:PORT/dashboard
+    assert line.startswith("optuna-dashboard on http://"), errors.read_text()
+    return proc, int(line.split("://", 1)[1].split("/", 1)[0].rsplit(":", 1)[1]), errors
+
+
+def test_dashboard_on_every_interface_warns_and_answers_only_allowed_hosts(tmp_path):
+    proc, port, errors = _serve_empty_study(tmp_path, "--host", "0.0.0.0", "--allowed-host", "dash.example.org")
+    try:
+        status = {h: _raw_get(port, h) for h in (f"localhost:{port}", f"127.0.0.1:{port}", f"[::1]:{port}",
+                                                 "dash.example.org", f"evil.example:{port}", "127.0.0.1.evil.example",
+                                                 None)}
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert {h: s.split(" ", 1)[1] for h, s in status.items()} == {
+        f"localhost:{port}": "200 OK", f"127.0.0.1:{port}": "200 OK", f"[::1]:{port}": "200 OK",
+        "dash.example.org": "200 OK", f"evil.example:{port}": "403 Forbidden",
+        "127.0.0.1.evil.example": "403 Forbidden", None: "403 Forbidden"}
+    warning = errors.read_text().splitlines()
+    assert len(warning) == 1 and warning[0].startswith("warning: the dashboard listens on every interface")
+    assert "without authentication" in warning[0] and "SSH tunnel" in warning[0]
+
+
+def test_dashboard_on_loopback_does_not_warn_and_refuses_foreign_hosts(tmp_path):
+    proc, port, errors = _serve_empty_study(tmp_path)
+    try:
+        own, foreign = _raw_get(port, f"127.0.0.1:{port}"), _raw_get(port, "attacker.example")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0
+    assert own.endswith("200 OK") and foreign.endswith("403 Forbidden")
+    assert errors.read_text() == ""
+
+
+def test_dashboard_help_says_what_a_non_local_host_exposes():
+    r = subprocess.run([HPO, "dashboard", "--help"], capture_output=True, text=True, timeout=60,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert r.returncode == 0 and "no authentication" in r.stdout and "--allowed-host" in r.stdout

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import hpo.export
 from cifarnet.data import load_cifar10, make_splits
 from cifarnet.train import RunOptions, evaluate, load_checkpoint, train
 from hpo.export import TOLERANCE, ExportError, export_model, load_run_model
@@ -25,6 +26,9 @@ RECIPES = {
     # EMA weights and mirror TTA: the exported graph must carry both to score what training reported.
     "ema+tta": TINY_TRAIN.replace(epochs=1, ema_decay=0.9, tta_flip=True),
     "tta-shift": TINY_TRAIN.replace(epochs=1, tta_flip=True, tta_shift=1),
+    # With "plain" and "ema+tta" (SGD): every optimizer/EMA combination's weights file loads (weights_only).
+    "adamw": TINY_TRAIN.replace(epochs=1, optimizer="adamw", lr=0.003),
+    "adamw+ema": TINY_TRAIN.replace(epochs=1, optimizer="adamw", lr=0.003, ema_decay=0.9),
 }
 
 
@@ -88,3 +92,32 @@ def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path):
     bad = subprocess.run([HPO, "export", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
                          env=ENV)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_failed_export_check_leaves_no_files(runs, tmp_path, monkeypatch):
+    monkeypatch.setattr(hpo.export, "TOLERANCE", 0.0)  # no difference is below 0: the check must fail
+    out = tmp_path / "exported" / "model.onnx"
+    out.parent.mkdir()
+    with pytest.raises(ExportError, match="differs from PyTorch .* nothing written"):
+        export_model(runs["plain"], "onnx", out=out)
+    assert list(out.parent.iterdir()) == []
+
+
+class _RunsCode:
+    """Unpickling this calls os.system: what a crafted weights file does under torch.load(weights_only=False)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_crafted_weights_file_is_refused_and_runs_nothing(tmp_path):
+    marker, run_dir = tmp_path / "marker", tmp_path / "run"
+    run_dir.mkdir()
+    torch.save({"config": TINY_TRAIN.to_dict(), "state_dict": {}, "x": _RunsCode(marker)}, run_dir / "best.pt")
+    r = subprocess.run([HPO, "export", str(run_dir)], capture_output=True, text=True, timeout=120, env=ENV)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith(f"error: {run_dir / 'best.pt'} is not a checkpoint written by cifarnet: refused")
+    assert not marker.exists() and not (run_dir / "model.onnx").exists()

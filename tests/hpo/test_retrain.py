@@ -216,3 +216,42 @@ def test_cli_bad_input_is_one_clear_line(sqlite_study, tiny_cifar, tmp_path, ext
     assert r.stderr.strip() == r.stderr.strip().splitlines()[0]  # one line, no traceback
     assert r.stderr.startswith("error: ") and message.format(name=study.study_name) in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_failed_retrain_is_recorded_as_failed_with_its_reason(sqlite_study, tiny_cifar, tmp_path, damage):
+    """A damaged checkpoint stops the retrain with one line naming the file; the study says "failed", not
+    "running"."""
+    study, url = sqlite_study
+    out = tmp_path / "run"
+    retrain_best(study.study_name, _options(url, tiny_cifar, out, target=1.0, max_epochs=1))
+    ck = out / "checkpoint.pt"
+    ck.write_bytes(b"" if damage == "empty" else ck.read_bytes()[:1000])
+    r = subprocess.run([HPO, "retrain", study.study_name, "--storage", url, "--data-dir", str(tiny_cifar),
+                        "--max-epochs", "1", "--target", "1.0", "--out", str(out), "--resume"], capture_output=True,
+                       text=True, timeout=120, env=ENV)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+    assert r.stderr.startswith(f"error: {ck} is truncated or not a checkpoint")
+    record = optuna.load_study(study_name=study.study_name, storage=url).user_attrs["retrain"]
+    assert record["status"] == "failed" and record["reason"].startswith(f"CheckpointError: {ck} is truncated")
+    assert record["finished"] >= record["started"]
+
+
+def test_adamw_ema_retrain_resumes_and_exports_from_weights_only_files(tmp_path, study_name, tiny_cifar):
+    """With test_export's runs and tests/cifarnet's resume test: every optimizer/EMA combination's files load."""
+    from hpo.export import export_model
+
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    text = STUDY_TOML.format(name=study_name, url=url, n_trials=1, root=tmp_path)
+    text = text.replace("max_params = 4000\n", "").replace("lr = 0.05\n", 'lr = 0.005\noptimizer = "adamw"\n'
+                                                                       "ema_decay = 0.9\n")
+    text = text.split("[space]")[0] + "[space]\nlr = { low = 0.002, high = 0.01, log = true }\n"
+    (tmp_path / "s.toml").write_text(text)
+    start_study(load_study_file(tmp_path / "s.toml"), WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1))
+    out = tmp_path / "run"
+    first = retrain_best(study_name, _options(url, tiny_cifar, out, target=1.0, max_epochs=2))
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["config"]["optimizer"] == "adamw" and state["ema"] is not None
+    again = retrain_best(study_name, _options(url, tiny_cifar, out, target=1.0, max_epochs=2, resume=True))
+    assert again.final_test_acc == first.final_test_acc and again.epochs_run == 2
+    assert export_model(out, "torchscript", data_dir=str(tiny_cifar)).max_abs_diff < 1e-4

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import math
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +15,7 @@ import pytest
 from hpo.errors import StudyFileError
 from hpo.space import Choice
 from hpo.studyfile import load_study_file, spec_from_dict
-from tests.hpo.studyfiles import write_study
+from tests.hpo.studyfiles import TINY_STUDY, write_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -107,3 +111,161 @@ def test_committed_quick_study_resumes_only_with_its_own_file(tmp_path):
     check_same_search(stored, load_study_file(STUDIES / "quick-v1.toml"))
     with pytest.raises(HPOError, match=r"different \[space\], \[train\]"):
         check_same_search(stored, load_study_file(STUDIES / "quick.toml"))
+
+
+# --- Hardening: every value that would misbehave later is refused by `hpo study check` up front ---------------
+
+def _toml(value) -> str:
+    """A TOML value for anything the fuzz produces (json's string escapes are valid TOML escapes)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf") if math.isinf(value) else repr(value)
+    if isinstance(value, int):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml(v)}" for k, v in value.items()) + " }"
+
+
+def _write_raw(path: Path, raw: dict) -> Path:
+    loose = [f"{json.dumps(str(k))} = {_toml(v)}" for k, v in raw.items() if not isinstance(v, dict)]
+    tables = [f"[{json.dumps(str(k))}]\n" + "".join(f"{json.dumps(str(a))} = {_toml(b)}\n" for a, b in v.items())
+              for k, v in raw.items() if isinstance(v, dict)]
+    path.write_text("\n".join(loose) + "\n" + "\n".join(tables))
+    return path
+
+
+def _tiny(**changes) -> dict:
+    """TINY_STUDY with table values replaced (a table given as a non-dict replaces the whole table)."""
+    raw = copy.deepcopy(TINY_STUDY)
+    raw["study"]["storage"] = "sqlite:///hardening.db"
+    for table, values in changes.items():
+        if isinstance(values, dict) and isinstance(raw.get(table), dict):
+            raw[table].update(values)
+        else:
+            raw[table] = values
+    return raw
+
+
+BAD_VALUES = {
+    "timeout nan": (_tiny(study={"timeout": math.nan}), "[study] timeout must be > 0"),
+    "timeout inf": (_tiny(study={"timeout": math.inf}), "[study] timeout must be > 0"),
+    "target_accuracy nan": (_tiny(study={"target_accuracy": math.nan}), "[study] target_accuracy must be > 0"),
+    "huge heartbeat": (_tiny(workers={"heartbeat_interval": 10**9, "grace_period": 2 * 10**9}),
+                       "[workers] heartbeat_interval must be > 0 and <= 3,600"),
+    "huge grace": (_tiny(workers={"grace_period": 10**12}), "[workers] grace_period must be > 0"),
+    "sampler seed 2**32": (_tiny(sampler={"seed": 2**32}), "[sampler] (kind tpe) seed must be >= 0"),
+    "training seed 2**32": (_tiny(train={"seed": 2**32}), "[train] seed out of range: 4294967296"),
+    "split seed 2**40": (_tiny(budget={"split_seed": 2**40}), "[budget] split_seed must be >= 0"),
+    "step 0": (_tiny(space={"batch_size": {"low": 16, "high": 64, "step": 0}}), "space.batch_size.step must be"),
+    "huge width range": (_tiny(space={"width4": {"low": 8, "high": 10**6}}), "[space] width4: 1000000 is not"),
+    "huge epochs": (_tiny(budget={"epochs": 10**9}), "[budget] epochs must be > 0 and <= 10,000"),
+    "reduction factor 1": (_tiny(pruner={"kind": "successive-halving", "reduction_factor": 1}),
+                           "[pruner] (kind successive-halving)"),
+    "name ../../x": (_tiny(study={"name": "../../x"}), "[study] name must be"),
+    "absolute name": (_tiny(study={"name": "/tmp/x"}), "[study] name must be"),
+    "name ..": (_tiny(study={"name": ".."}), "[study] name must be"),
+    "name with newline": (_tiny(study={"name": "ok\nfake output"}), "[study] name must be"),
+    "name with NUL": (_tiny(study={"name": "a\x00b"}), "[study] name must be"),
+    "storage with newline": (_tiny(study={"storage": "sqlite:///a.db\nfake"}), "[study] storage must not contain"),
+    "widths a string": (_tiny(train={"model": {"widths": "abcd"}}), "model.widths must be a list of integers"),
+    "model not a table": (_tiny(train={"model": 5}), "[train] model must be a table"),
+    "artifact_dir of unknown user": (_tiny(study={"artifact_dir": "~nouser-hpo-test/x"}),
+                                     "artifact_dir / storage: not a usable path"),
+    "space not a table": (_tiny(space=[1, 2]), "space must be a [space] table"),
+    "sampler kind a list": (_tiny(sampler={"kind": ["tpe"]}), "[sampler] kind must be one of"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_VALUES))
+def test_bad_value_is_refused_by_the_loader(tmp_path, case):
+    raw, message = BAD_VALUES[case]
+    with pytest.raises(StudyFileError) as err:
+        load_study_file(_write_raw(tmp_path / "s.toml", raw))
+    assert message in str(err.value)
+
+
+def test_every_bad_value_is_one_error_line_from_hpo_study_check(tmp_path):
+    """`hpo study check` (its console entry point, once per file, all in one process to stay fast)."""
+    files = {case: str(_write_raw(tmp_path / f"{i}.toml", raw)) for i, (case, (raw, _)) in
+             enumerate(BAD_VALUES.items())}
+    files["a directory"] = str(tmp_path)
+    files["a binary file"] = str(tmp_path / "binary.toml")
+    (tmp_path / "binary.toml").write_bytes(bytes(range(256)) * 4)
+    driver = (
+        "import contextlib, io, json, sys\nfrom hpo.cli import main\nout = {}\n"
+        "for case, path in json.loads(sys.argv[1]).items():\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        try:\n            main(['study', 'check', path]); code = 0\n"
+        "        except SystemExit as e:\n            code = e.code\n"
+        "    out[case] = [code, err.getvalue()]\n"
+        "print(json.dumps(out))\n")
+    r = subprocess.run([sys.executable, "-c", driver, json.dumps(files)], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    for case, (code, stderr) in json.loads(r.stdout).items():
+        assert code == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, (case, stderr)
+        assert "Traceback" not in stderr and "unexpected" not in stderr, (case, stderr)
+        if case in BAD_VALUES:
+            assert BAD_VALUES[case][1] in stderr, (case, stderr)
+    assert "is a directory, not a study file" in json.loads(r.stdout)["a directory"][1]
+    assert "is not a text file" in json.loads(r.stdout)["a binary file"][1]
+
+
+@pytest.mark.parametrize("case", ["timeout nan", "name with newline", "a directory"])
+def test_installed_hpo_study_check_refuses_bad_values(tmp_path, case):
+    path = tmp_path if case == "a directory" else _write_raw(tmp_path / "s.toml", BAD_VALUES[case][0])
+    r = subprocess.run([HPO, "study", "check", str(path)], capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+    assert r.stdout == ""
+
+
+JUNK = [math.nan, math.inf, -math.inf, -1, 0, 1, 3, 0.5, 2**63 - 1, -(2**63), 1e308, "", "abcd", "../..", "a\nb",
+        "~nouser-hpo-fuzz/x", "\x00", "sgd", "tpe", True, False, [], [1, 2], [4, 8, 8, 8], ["a", 1], {}, {"a": 1},
+        {"low": 1, "high": 0}, {"choices": []}, {"low": 0.1, "high": 0.2, "log": True, "step": 2}, [[[[[1]]]]]]
+
+
+def _mutate(raw: dict, rng: random.Random) -> dict:
+    """Replace, delete or add a value somewhere in the study file (tables, keys, nested space entries)."""
+    node, depth = raw, 0
+    while isinstance(node, dict) and node and rng.random() < 0.7 and depth < 3:
+        key = rng.choice(sorted(node, key=str))
+        if not isinstance(node[key], dict):
+            break
+        node, depth = node[key], depth + 1
+    if not isinstance(node, dict):
+        return raw
+    action = rng.random()
+    if action < 0.15 and node:
+        del node[rng.choice(sorted(node, key=str))]
+    elif action < 0.25:
+        node[rng.choice(["colour", "seed", "kind", "name", "model", "x.y"])] = rng.choice(JUNK)
+    elif node:
+        node[rng.choice(sorted(node, key=str))] = copy.deepcopy(rng.choice(JUNK))
+    return raw
+
+
+def test_fuzzed_study_files_raise_only_study_file_errors(tmp_path):
+    rng = random.Random(14)
+    outcomes = {"ok": 0, "refused": 0}
+    for i in range(300):
+        raw = _tiny()
+        for _ in range(rng.randint(1, 4)):
+            raw = _mutate(raw, rng)
+        path = tmp_path / f"{i}.toml"
+        if i % 25 == 0:  # whole-file damage: random bytes, or nesting deeper than any parser recursion
+            path.write_bytes(bytes(rng.randrange(256) for _ in range(200)) if i % 50 else b"a = " + b"[" * 5000)
+        else:
+            _write_raw(path, raw)
+        for load in (lambda: load_study_file(path), lambda: spec_from_dict(raw)):
+            try:
+                load()
+                outcomes["ok"] += 1
+            except StudyFileError as e:
+                assert "\n" not in str(e).replace(str(path), ""), str(e)
+                outcomes["refused"] += 1
+    assert outcomes["refused"] > 300 and outcomes["ok"] > 10  # the fuzz reaches both outcomes
