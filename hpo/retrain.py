@@ -8,8 +8,9 @@ epoch whose test accuracy reaches it; it changes nothing in the schedule.
 
 The run folder holds final and best weights, config.toml, metrics (JSON and CSV), a learning-curve plot and a
 checkpoint written after every epoch, so an interrupted retrain resumes from its last finished epoch and ends
-where an uninterrupted one would. The outcome goes to the study (user_attr "retrain") and the files to the
-study's optuna artifact store.
+where an uninterrupted one would. The outcome is recorded on the study as its own record (hpo.retrains: one
+user_attr per run, so a short test retrain never replaces an earlier one) and the files go to the study's
+optuna artifact store.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.hardware import now_iso
-from cifarnet.run import train_to_dir, write_json_atomic
+from cifarnet.run import config_diff, train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
+from hpo.paths import resolve_artifact_dir, stored_artifact_dir
+from hpo.retrains import new_record_key
 from hpo.space import suggest_config
 from hpo.study import load_study
 from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
@@ -83,22 +86,12 @@ class RetrainPlan:
     out: Path
     artifact_dir: Path
     options: RetrainOptions
+    storage_url: str = ""  # where the study lives: stored paths are relative to a SQLite database's folder
 
     @property
     def schedule_note(self) -> str:
         return (f"schedule sized for --max-epochs {self.cfg.epochs} (epochs = {self.cfg.epochs}); the target "
                 f"{self.target:g} only stops training early and changes nothing in the schedule")
-
-    def describe(self) -> str:
-        value = f"{self.trial.value:.4f}" if self.trial.value is not None else "n/a"
-        resuming = self.options.resume and (self.out / "checkpoint.pt").exists()
-        return "\n".join([
-            f"retraining trial {self.trial.number} of study {self.study.study_name!r} (search val_acc {value}) "
-            f"on all training images, test accuracy after every epoch",
-            f"params: {self.trial.params}",
-            self.schedule_note,
-            f"run folder: {self.out}{' (resuming its checkpoint)' if resuming else ''}",
-        ])
 
 
 @dataclass(frozen=True)
@@ -118,18 +111,10 @@ class RetrainResult:
     schedule: str
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> optuna artifact id
     artifact_dir: str = ""
+    record_key: str = ""  # the study user_attr holding this run's record (hpo.retrains)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def summary(self) -> str:
-        if self.status == "reached":
-            head = f"reached target {self.target:g} at epoch {self.epochs_to_target}"
-        else:
-            head = f"MISSED target {self.target:g}: not reached in {self.epochs_run} epochs"
-        return (f"{head} (test acc final {self.final_test_acc:.4f}, best {self.best_test_acc:.4f} at epoch "
-                f"{self.best_epoch}; {self.schedule})\nwrote {self.run_dir}; {len(self.artifacts)} artifacts in "
-                f"{self.artifact_dir}; study user_attr 'retrain' updated")
 
 
 def retrain_best(study_or_name: str, options: RetrainOptions = RetrainOptions(),
@@ -140,7 +125,7 @@ def retrain_best(study_or_name: str, options: RetrainOptions = RetrainOptions(),
 
 def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions()) -> RetrainPlan:
     """Find the study and trial, replay its config, and decide target, run folder and artifact store."""
-    study = open_study(study_or_name, options.storage)
+    study, url = open_study(study_or_name, options.storage)
     raw = study.user_attrs.get("study_file")
     if not isinstance(raw, dict):
         raise RetrainError(f"study {study.study_name!r} has no 'study_file' user_attr: it was not created by "
@@ -154,20 +139,22 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     if not options.resume and (out / "checkpoint.pt").exists():
         raise RetrainError(f"{out} already holds a retrain checkpoint: pass --resume to continue it, "
                            f"or choose another --out")
-    artifact_dir = Path(study.user_attrs.get("artifact_dir") or spec.artifact_dir
-                        or Path("artifacts") / study.study_name).resolve()
+    artifact_dir = (resolve_artifact_dir(study.user_attrs.get("artifact_dir"), url)
+                    or Path(spec.artifact_dir or Path("artifacts") / study.study_name).resolve())
     return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
-                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options)
+                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options,
+                       storage_url=url)
 
 
-def open_study(study_or_name: str, storage: str | None = None) -> optuna.Study:
-    """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`."""
+def open_study(study_or_name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`;
+    returns the study and its storage URL."""
     if study_or_name.endswith(".toml") or Path(study_or_name).is_file():
         spec = load_study_file(study_or_name, storage=storage)
         name, url = spec.name, spec.storage
     else:
         name, url = study_or_name, storage or DEFAULT_STORAGE
-    return load_study(url, name)
+    return load_study(url, name), url
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -207,17 +194,23 @@ def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
 
 
 def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResult:
-    """Train until the target or max epochs, write the run folder, upload it and record the outcome."""
-    plan.study.set_user_attr("retrain", {"status": "running", "trial": plan.trial.number, "target": plan.target,
-                                         "max_epochs": plan.cfg.epochs, "run_dir": str(plan.out),
-                                         "schedule": plan.schedule_note, "started": now_iso()})
+    """Train until the target or max epochs, write the run folder, upload it and record the outcome as a new
+    record on the study (earlier retrains keep theirs)."""
+    key, started = new_record_key(), now_iso()
+    run_dir = stored_artifact_dir(plan.out, plan.storage_url)  # portable: relative to a SQLite database's folder
+    plan.study.set_user_attr(key, {"status": "running", "trial": plan.trial.number, "target": plan.target,
+                                   "max_epochs": plan.cfg.epochs, "run_dir": run_dir,
+                                   "schedule": plan.schedule_note, "started": started})
     history = train_until_target(plan, report)
     result = _result(plan, history)
     _finish_run_folder(plan, history, result)
     artifacts = upload_run(plan)
-    result = RetrainResult(**{**result.to_dict(), "artifacts": artifacts, "artifact_dir": str(plan.artifact_dir)})
+    result = RetrainResult(**{**result.to_dict(), "artifacts": artifacts, "artifact_dir": str(plan.artifact_dir),
+                              "record_key": key})
     write_json_atomic(result.to_dict(), plan.out / "retrain.json")
-    plan.study.set_user_attr("retrain", {**result.to_dict(), "finished": now_iso()})
+    curve = {m: [h.get(m) for h in history] for m in ("test_acc", "train_acc")}
+    plan.study.set_user_attr(key, {**result.to_dict(), "run_dir": run_dir, "started": started, "finished": now_iso(),
+                                   "curve": curve})
     return result
 
 
@@ -226,9 +219,10 @@ def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[
     checkpoint = plan.out / "checkpoint.pt"
     if plan.options.resume and checkpoint.exists():
         state = load_checkpoint(checkpoint)
-        if state.get("config") != plan.cfg.to_dict():
-            raise RetrainError(f"{checkpoint} was written for a different config (another trial, seed or "
-                               f"--max-epochs); refusing to resume it")
+        differ = config_diff(state.get("config") or {}, plan.cfg.to_dict())
+        if differ:
+            raise RetrainError(f"{checkpoint} was written for a different config (differs in: {', '.join(differ)}: "
+                               f"another trial, seed or --max-epochs); refusing to resume it")
         save_best_weights(state, plan.out)  # in case the kill fell between the checkpoint and best.pt
         # Killed after the last epoch's checkpoint but before training returned: nothing is left to train.
         if _is_done(state["history"], plan.target, plan.cfg.epochs):
