@@ -59,6 +59,13 @@ def write_cifar_batches(root: Path, per_batch: int = 40, test_images: int = 60, 
     return root
 
 
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Tests write only under their temporary folders: relative defaults (hpo.db, artifacts/, runs/, report.html)
+    of in-process calls and of `hpo` subprocesses started without a cwd land in tmp_path, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory) -> Path:
     """Root folder holding cifar-10-batches-py/ with 5 x 40 training and 60 test images."""

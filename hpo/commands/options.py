@@ -50,6 +50,9 @@ DataDirOpt = Annotated[Optional[str], typer.Option(
     help="CIFAR-10 folder: cifar-10-batches-py/ or its parent.")]
 DeviceOpt = Annotated[str, typer.Option(
     "--device", callback=_check_device, help="cpu, auto (cuda when available), cuda, cuda:N or a GPU index N.")]
+OptionalDeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", callback=_check_device,
+    help="cpu, auto (cuda when available), cuda, cuda:N or a GPU index N (default: auto; or --devices).")]
 FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Print a table or JSON.")]
 NameArg = Annotated[str, typer.Argument(
     help="Study name in --storage, or a study TOML (its name and storage).", show_default=False)]

@@ -9,8 +9,8 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from hpo.commands.options import (DataDirOpt, DeviceOpt, FormatOpt, Interrupted, NameArg, OutputFormat,
-                                  StorageOpt, StudyFileArg, as_json, echo_record, study_target)
+from hpo.commands.options import (DataDirOpt, DeviceOpt, FormatOpt, Interrupted, NameArg, OptionalDeviceOpt,
+                                  OutputFormat, StorageOpt, StudyFileArg, echo_record, study_target)
 
 T = TypeVar("T")
 
@@ -54,8 +54,7 @@ def join_cmd(
     storage: StorageOpt = None,
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
-    device: Annotated[Optional[str], typer.Option(
-        help="cpu, auto (cuda when available), cuda, cuda:N or a GPU index N (one worker; or --devices).")] = None,
+    device: OptionalDeviceOpt = None,
     devices: DevicesOpt = None,
     trials_per_device: PerDeviceOpt = 1,
 ) -> None:
@@ -129,13 +128,16 @@ def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Ou
     from hpo.consistency import check_consistency
     from hpo.retrains import reference_retrain, retrain_records
     from hpo.storage import open_existing_storage
-    from hpo.study import load_study, study_status
+    from hpo.study import load_spec, load_study, study_status
 
     name, url = study_target(name, storage)
     status = study_status(url, name)
+    study = load_study(url, name)
     # A RUNNING trial whose heartbeat is older than the grace period belongs to a dead worker (verify's check).
-    stale = [p for p in check_consistency(open_existing_storage(url), name) if " is RUNNING with " in p]
-    retrains = retrain_records(load_study(url, name))
+    grace = load_spec(study).workers.grace_period if "study_file" in study.user_attrs else None
+    stale = [p for p in check_consistency(open_existing_storage(url), name, grace_period=grace)
+             if " is RUNNING with " in p]
+    retrains = retrain_records(study)
     reference = reference_retrain(retrains)
     record = {**dataclasses.asdict(status), "stale_running": stale, "retrains": retrains,
               "reference_retrain": reference["key"] if reference else None}
