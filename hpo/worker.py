@@ -235,7 +235,7 @@ def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
     stored_file, raw = study.user_attrs.get("study_file"), study.user_attrs.get("run_budget")
     if stored_file is None or raw is None:
         raise HPOError(f"study {spec.name!r} in {display_url(spec.storage)} was never started: "
-                       f"run `hpo study start` first, then join it with `hpo worker`")
+                       f"run `hpo study start` first, then join it with `hpo study join`")
     check_same_search(stored_file, spec)
     return RunBudget(**raw)
 

@@ -107,6 +107,24 @@ def test_study_file_paths_resolve_against_its_folder_from_any_cwd(tmp_path):
     assert not (elsewhere / "hpo.db").exists()
 
 
+def test_dashboard_on_a_study_file_from_another_folder(tmp_path):
+    """The issue's case: `hpo dashboard /abs/path/studies/x.toml` from elsewhere serves the file's database."""
+    (tmp_path / "studies").mkdir()
+    path = write_study(tmp_path / "studies", "served", "sqlite:///../hpo.db")
+    create_or_resume(load_study_file(path))
+    (tmp_path / "elsewhere").mkdir()
+    proc = subprocess.Popen([HPO, "dashboard", str(path), "--host", "127.0.0.1", "--port", "0"],
+                            cwd=tmp_path / "elsewhere", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV)
+    try:
+        assert proc.stdout.readline().startswith("optuna-dashboard on http://127.0.0.1:")
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert not (tmp_path / "elsewhere" / "hpo.db").exists()
+
+
 def test_a_copied_study_keeps_its_artifacts_beside_its_database(tmp_path):
     original = tmp_path / "machine-a"
     original.mkdir()
@@ -181,6 +199,8 @@ def test_status_flags_a_running_trial_whose_heartbeat_is_stale(tmp_path, storage
     assert f"stale: trial {running[0].number} is RUNNING with a heartbeat" in r.stdout
     stale = json.loads(hpo("study", "status", study_name, "--storage", storage_url, "-f", "json").stdout)
     assert len(stale["stale_running"]) == 1
+    verify = one_error_line(hpo("study", "verify", study_name, "--storage", storage_url, code=1))
+    assert f"trial {running[0].number} is RUNNING with a heartbeat" in verify
 
 
 # ---- items 6 and 7: one device check, flag values checked as flags ----
@@ -258,6 +278,7 @@ def test_join_after_the_run_ended_says_nothing_is_left(tmp_path, tiny_cifar):
     hpo("study", "start", str(path), *data)
     joined = hpo("study", "join", str(path), *data)
     assert "nothing left to do" in joined.stdout
+    assert hpo("study", "verify", str(path)).stdout == "study done: consistent\n"
     assert "nothing left to do" in hpo("worker", str(path), *data).stdout  # the old name still works
 
 
