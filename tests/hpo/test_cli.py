@@ -21,6 +21,7 @@ from hpo.paths import resolve_artifact_dir
 from hpo.storage import open_storage
 from hpo.study import create_or_resume
 from hpo.studyfile import load_study_file
+from hpo.worker import begin_run
 from tests.conftest import TINY_DATA, TINY_TRAIN
 from tests.hpo.studyfiles import write_study
 
@@ -174,7 +175,7 @@ def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, tiny_cifar):
 
 
 def test_status_flags_a_running_trial_whose_heartbeat_is_stale(tmp_path, storage_url, study_name):
-    create_or_resume(load_study_file(write_study(tmp_path, study_name, storage_url)))  # grace_period 3 s
+    begin_run(load_study_file(write_study(tmp_path, study_name, storage_url)))  # as `hpo study start`; grace 3 s
     # A worker with optuna's heartbeat thread, stuck in its trial, then killed (no handler, no cleanup).
     worker = subprocess.Popen([sys.executable, "-c", (
         "import time, optuna; from hpo.storage import Heartbeat, open_storage; "
