@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from hpo.commands.options import StorageOpt
 from hpo.commands.study import join_cmd
 
 app = typer.Typer()
@@ -17,15 +18,17 @@ app.command("worker", hidden=True, help="Old name of `hpo study join`.")(join_cm
 
 @app.command("storage-proxy")
 def storage_proxy_cmd(
-    storage: Annotated[str, typer.Option("--storage", envvar="HPO_STORAGE", show_envvar=True,
-                                         help="SQLAlchemy URL of the database to serve.", show_default=False)],
+    storage: StorageOpt = None,
     host: Annotated[str, typer.Option(help="Address to listen on (0.0.0.0: every interface).")] = "localhost",
     port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = GRPC_DEFAULT_PORT,
 ) -> None:
     """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
     --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
+    from hpo.errors import StorageError
     from hpo.storage import serve_storage_proxy
 
+    if storage is None:
+        raise StorageError("give the database to serve: --storage URL (or HPO_STORAGE)")
     try:
         serve_storage_proxy(storage, host, port, on_ready=typer.echo)
     except KeyboardInterrupt:
