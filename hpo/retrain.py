@@ -31,11 +31,11 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.hardware import now_iso
-from cifarnet.run import config_diff, train_to_dir, write_json_atomic
+from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
 from hpo.paths import resolve_artifact_dir, stored_artifact_dir
-from hpo.retrains import new_record_key
+from hpo.retrains import new_record_key, retrain_records
 from hpo.space import suggest_config
 from hpo.study import load_study
 from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
@@ -139,6 +139,8 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     if not options.resume and (out / "checkpoint.pt").exists():
         raise RetrainError(f"{out} already holds a retrain checkpoint: pass --resume to continue it, "
                            f"or choose another --out")
+    if options.resume:
+        check_resumable(out / "checkpoint.pt", cfg)  # names what differs: another trial, seed or --max-epochs
     artifact_dir = (resolve_artifact_dir(study.user_attrs.get("artifact_dir"), url)
                     or Path(spec.artifact_dir or Path("artifacts") / study.study_name).resolve())
     return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
@@ -194,14 +196,21 @@ def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
 
 
 def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResult:
-    """Train until the target or max epochs, write the run folder, upload it and record the outcome as a new
-    record on the study (earlier retrains keep theirs)."""
-    key, started = new_record_key(), now_iso()
+    """Train until the target or max epochs, write the run folder, upload it and record the outcome as its own
+    record on the study (earlier retrains keep theirs; a resumed run continues the record of its folder)."""
     run_dir = stored_artifact_dir(plan.out, plan.storage_url)  # portable: relative to a SQLite database's folder
-    plan.study.set_user_attr(key, {"status": "running", "trial": plan.trial.number, "target": plan.target,
-                                   "max_epochs": plan.cfg.epochs, "run_dir": run_dir,
-                                   "schedule": plan.schedule_note, "started": started})
-    history = train_until_target(plan, report)
+    unfinished = [r for r in retrain_records(plan.study) if r.get("run_dir") == run_dir
+                  and r.get("status") in ("running", "interrupted")] if plan.options.resume else []
+    key = unfinished[-1]["key"] if unfinished else new_record_key()
+    started = unfinished[-1].get("started", now_iso()) if unfinished else now_iso()
+    record = {"trial": plan.trial.number, "target": plan.target, "max_epochs": plan.cfg.epochs, "run_dir": run_dir,
+              "schedule": plan.schedule_note, "started": started}
+    plan.study.set_user_attr(key, {**record, "status": "running"})
+    try:
+        history = train_until_target(plan, report)
+    except KeyboardInterrupt:
+        plan.study.set_user_attr(key, {**record, "status": "interrupted"})  # `--resume` continues this record
+        raise
     result = _result(plan, history)
     _finish_run_folder(plan, history, result)
     artifacts = upload_run(plan)
@@ -218,11 +227,7 @@ def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[
     """The one training loop, stopped by `report` at the first epoch whose test accuracy reaches the target."""
     checkpoint = plan.out / "checkpoint.pt"
     if plan.options.resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        differ = config_diff(state.get("config") or {}, plan.cfg.to_dict())
-        if differ:
-            raise RetrainError(f"{checkpoint} was written for a different config (differs in: {', '.join(differ)}: "
-                               f"another trial, seed or --max-epochs); refusing to resume it")
+        state = load_checkpoint(checkpoint)  # its config matches: prepare_retrain checked it
         save_best_weights(state, plan.out)  # in case the kill fell between the checkpoint and best.pt
         # Killed after the last epoch's checkpoint but before training returned: nothing is left to train.
         if _is_done(state["history"], plan.target, plan.cfg.epochs):

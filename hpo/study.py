@@ -1,4 +1,4 @@
-"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and summaries for the CLI.
+"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and the records the CLI prints.
 
 A study created here carries everything needed to continue or inspect it from storage alone:
 study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artifact_dir", "stop_requested",

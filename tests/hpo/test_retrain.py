@@ -243,3 +243,25 @@ def test_every_retrain_is_kept_and_the_reference_is_the_one_that_reached_its_tar
                              capture_output=True, text=True, timeout=60, env=ENV)
     record = json.loads(as_json.stdout)
     assert record["reference_retrain"] == real.record_key and len(record["retrains"]) == 2
+
+
+def test_ctrl_c_in_retrain_is_one_error_line_and_resume_continues_its_record(sqlite_study, tiny_cifar, tmp_path):
+    """Issue 13 item 4: Ctrl-C in `hpo retrain` prints one `error:` line (exit 130), not a silent 130."""
+    study, url = sqlite_study
+    args = [HPO, "retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "40",
+            "--out", str(tmp_path / "run"), "--data-dir", str(tiny_cifar), "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("epoch 1/40"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.startswith("error: interrupted: ") and err.count("\n") == 1 and "--resume" in err
+    [record] = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    assert record["status"] == "interrupted"
+    changed = subprocess.run([*args[:8], "2", *args[9:], "--resume"], capture_output=True, text=True, timeout=120,
+                             env=ENV)
+    assert changed.returncode == 1 and "different config (epochs 40 -> 2)" in changed.stderr  # --max-epochs
+    assert retrain_records(optuna.load_study(study_name=study.study_name, storage=url)) == [record]  # untouched
