@@ -18,8 +18,9 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
     os._exit(130)
 
 
-# Installed before anything heavy is imported; main() hands SIGINT back to Python's KeyboardInterrupt.
-signal.signal(signal.SIGINT, _interrupted_while_starting)
+# Installed before anything is imported and restored once this module is loaded (spawned worker processes
+# import it too, and must keep Python's own Ctrl-C); the heavy imports happen inside the commands, under main().
+_sigint_before_import = signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 from importlib.metadata import PackageNotFoundError, version  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
@@ -27,7 +28,6 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from hpo.commands import dashboard, data, distributed, model, retrain, study, train  # noqa: E402
-
 from hpo.commands.options import INTERRUPTED_EXIT, Interrupted  # noqa: E402
 
 
@@ -50,6 +50,10 @@ app.add_typer(data.data_app, name="data")
 app.add_typer(study.app, name="study")
 for commands in (train.app, retrain.app, dashboard.app, distributed.app):
     app.add_typer(commands)  # no name: these commands sit at the top level (hpo train, hpo retrain, ...)
+
+
+if _sigint_before_import is not None:
+    signal.signal(signal.SIGINT, _sigint_before_import)
 
 
 @app.callback()

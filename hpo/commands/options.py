@@ -20,6 +20,14 @@ class Interrupted(Exception):
     """Raised by a command that handled Ctrl-C itself; hpo.cli.main prints its one line and exits 130."""
 
 
+def interrupted_message(run_dir: Path) -> str:
+    """Ctrl-C in `hpo train` / `hpo retrain`: what is left in the run folder and how to continue."""
+    if (run_dir / "checkpoint.pt").exists():
+        return (f"error: interrupted: {run_dir} keeps the checkpoint of its last finished epoch; the same command "
+                f"with --resume continues it")
+    return "error: interrupted before the first epoch finished (nothing to resume)"
+
+
 class OutputFormat(str, enum.Enum):
     table = "table"
     json = "json"

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hpo.commands.options import DataDirOpt, DeviceOpt, Interrupted, StorageOpt
+from hpo.commands.options import DataDirOpt, DeviceOpt, Interrupted, StorageOpt, interrupted_message
 
 app = typer.Typer()
 
@@ -60,8 +60,7 @@ def retrain_cmd(
     try:
         result = run_retrain(plan, report=show)
     except KeyboardInterrupt:
-        raise Interrupted(f"error: interrupted: {plan.out} keeps the checkpoint of its last finished epoch; the "
-                          f"same command with --resume continues it") from None
+        raise Interrupted(interrupted_message(plan.out)) from None
     typer.echo(describe_result(result))
 
 
