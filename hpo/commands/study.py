@@ -69,12 +69,15 @@ def join_cmd(
         raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
     _warn_if_proxy(spec.storage)
-    before = study_status(spec.storage, spec.name)
+    try:
+        finished_before = _finished(study_status(spec.storage, spec.name))
+    except HPOError:
+        finished_before = None  # no such study (yet): join_study says so, with what to do
     opts = WorkerOptions(data_dir=data_dir, threads=threads,
                          devices=device_slots(devices or device or "auto", trials_per_device))
     status = _interruptible(lambda: join_study(spec, opts))
     typer.echo(format_status(status))
-    if _finished(status) == _finished(before):
+    if _finished(status) == finished_before:
         typer.echo("nothing left to do: the run of the last `hpo study start` has spent its trial budget, passed "
                    "its timeout or met its target; `hpo study start` begins a new run")
 
