@@ -3,6 +3,8 @@
 - Paths written in a study file (a `sqlite:///` storage, `artifact_dir`) are relative to the study file's
   folder, so `hpo ... /abs/path/studies/quick.toml` means the same from any working directory.
 - Paths given on the command line (`--storage sqlite:///x.db`, `--out`) are relative to the current folder.
+- A study named on the command line is a study NAME (in --storage, else the default database) or a study
+  TOML (its name and storage; --storage still wins): `locate_study`.
 - A study stores its artifact folder (study user_attr "artifact_dir") relative to its SQLite database's folder
   when it lies inside it, so a database copied together with its artifacts/ folder to another machine or
   folder keeps working there and never writes into the original machine's folder. Other folders (and any
@@ -57,3 +59,14 @@ def resolve_artifact_dir(stored: str | None, storage_url: str) -> Path | None:
         return path
     db = sqlite_file(storage_url)
     return ((db.parent if db is not None else Path.cwd()) / path).resolve()
+
+
+def locate_study(name_or_file: str, storage: str | None) -> tuple[str, str]:
+    """(study name, storage URL) from a study NAME or a study TOML: --storage wins, then the file's storage,
+    then the default database."""
+    from hpo.studyfile import DEFAULT_STORAGE, load_study_file
+
+    if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
+        spec = load_study_file(name_or_file, storage=storage)
+        return spec.name, spec.storage
+    return name_or_file, storage or DEFAULT_STORAGE

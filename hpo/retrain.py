@@ -34,11 +34,11 @@ from cifarnet.hardware import now_iso
 from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
-from hpo.paths import resolve_artifact_dir, stored_artifact_dir
+from hpo.paths import locate_study, resolve_artifact_dir, stored_artifact_dir
 from hpo.retrains import new_record_key, retrain_records
 from hpo.space import suggest_config
 from hpo.study import load_study
-from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
+from hpo.studyfile import StudySpec, spec_from_dict
 
 DEFAULT_TARGET = 0.85  # test accuracy
 DEFAULT_MAX_EPOCHS = 30
@@ -151,11 +151,7 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
 def open_study(study_or_name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
     """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`;
     returns the study and its storage URL."""
-    if study_or_name.endswith(".toml") or Path(study_or_name).is_file():
-        spec = load_study_file(study_or_name, storage=storage)
-        name, url = spec.name, spec.storage
-    else:
-        name, url = study_or_name, storage or DEFAULT_STORAGE
+    name, url = locate_study(study_or_name, storage)
     return load_study(url, name), url
 
 

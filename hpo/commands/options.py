@@ -12,7 +12,6 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-DEFAULT_STORAGE = "sqlite:///hpo.db"  # = hpo.studyfile.DEFAULT_STORAGE (not imported: it pulls in optuna)
 INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
 
@@ -68,13 +67,10 @@ StudyFileArg = Annotated[Path, typer.Argument(help="Study TOML (see studies/*.to
 
 
 def study_target(name_or_file: str, storage: str | None) -> tuple[str, str]:
-    """(study name, storage URL) from a NAME or a study TOML: --storage wins, then the file's, then hpo.db."""
-    if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
-        from hpo.studyfile import load_study_file
+    """(study name, storage URL) from a NAME or a study TOML (hpo.paths.locate_study)."""
+    from hpo.paths import locate_study
 
-        spec = load_study_file(name_or_file, storage=storage)
-        return spec.name, spec.storage
-    return name_or_file, storage or DEFAULT_STORAGE
+    return locate_study(name_or_file, storage)
 
 
 def as_json(record: Any) -> str:

@@ -118,8 +118,8 @@ def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None, format: Form
 @app.command("list")
 def list_cmd(storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Studies in a storage: trials, best validation accuracy, first trial's start."""
-    from hpo.commands.options import DEFAULT_STORAGE
     from hpo.study import list_studies
+    from hpo.studyfile import DEFAULT_STORAGE
 
     rows = [dataclasses.asdict(r) for r in list_studies(storage or DEFAULT_STORAGE)]
     echo_record(rows, format, format_list(rows))

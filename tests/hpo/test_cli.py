@@ -60,6 +60,13 @@ def test_help_and_version_load_no_torch():
     assert "join" in hpo("study", "--help").stdout
 
 
+def test_defaults_copied_to_keep_help_light_match_the_library():
+    from hpo.commands.distributed import GRPC_DEFAULT_PORT
+    from hpo.storage import GRPC_DEFAULT_PORT as LIBRARY_PORT
+
+    assert GRPC_DEFAULT_PORT == LIBRARY_PORT
+
+
 def test_shared_options_read_their_environment_variables(tmp_path):
     train_help = hpo("train", "--help").stdout
     assert "CIFAR10_DIR" in train_help and "[model]" in train_help and ", , ." not in train_help
