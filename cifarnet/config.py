@@ -206,7 +206,7 @@ def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
     try:
         raw = tomllib.loads(path.read_bytes().decode("utf-8"))
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
+        raise ConfigError(f"config file not found: {path.resolve()}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: TOML syntax error: {e}") from None
     except (UnicodeDecodeError, RecursionError):

@@ -64,7 +64,7 @@ def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     if (path / BATCH_DIR).is_dir():
         path = path / BATCH_DIR
     if not path.is_dir():
-        raise DataError(f"CIFAR-10 folder not found: {path} ({LAYOUT_HINT})")
+        raise DataError(f"CIFAR-10 folder not found: {path.resolve()} ({LAYOUT_HINT})")
     missing = [f for f in (*TRAIN_FILES, TEST_FILE) if not (path / f).is_file()]
     if missing:
         raise DataError(f"CIFAR-10 folder {path} is missing {', '.join(missing)} ({LAYOUT_HINT})")

@@ -14,7 +14,38 @@ from cifarnet.data import load_cifar10, make_splits
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
 from cifarnet.redact import hide_passwords
-from cifarnet.train import Report, RunOptions, TrainResult, train
+from cifarnet.errors import ConfigError
+from cifarnet.train import Report, RunOptions, TrainResult, load_checkpoint, train
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ (model.widths, lr, ...), for "different config" errors."""
+    names = []
+    for key in sorted(a.keys() | b.keys()):
+        x, y = a.get(key), b.get(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            names += config_diff(x, y, f"{prefix}{key}.")
+        elif x != y:
+            names.append(f"{prefix}{key}")
+    return names
+
+
+def check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
+    """A checkpoint written for another config cannot be resumed; say which fields differ and how."""
+    if not checkpoint.exists():
+        return
+    stored = load_checkpoint(checkpoint).get("config") or {}
+    wanted = cfg.to_dict()
+    differ = config_diff(stored, wanted)
+    if differ:
+        def value(d: dict[str, Any], name: str) -> Any:
+            for part in name.split("."):
+                d = d.get(part) if isinstance(d, dict) else None
+            return d
+
+        shown = ", ".join(f"{n} {value(stored, n)!r} -> {value(wanted, n)!r}" for n in differ[:6])
+        raise ConfigError(f"{checkpoint} was written for a different config ({shown}); resume with the same "
+                          f"settings, or choose another --out")
 
 
 def write_text_atomic(text: str, path: Path) -> None:
@@ -40,7 +71,14 @@ def train_to_dir(
     """Load CIFAR-10, train, and keep `out/metrics.json` current after every epoch."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    splits = make_splits(load_cifar10(data_dir, download=download), data_cfg)
+    if opts.resume:
+        check_resumable(Path(opts.checkpoint or out / "checkpoint.pt"), cfg)
+    cifar = load_cifar10(data_dir, download=download)
+    left = len(cifar.train) - data_cfg.val_size
+    if data_cfg.train_size is not None and data_cfg.train_size > left:
+        raise ConfigError(f"train_size {data_cfg.train_size} is more than the {left:,} training images left after "
+                          f"the {data_cfg.val_size:,}-image validation split")
+    splits = make_splits(cifar, data_cfg)
     stats = model_stats(cfg.model)
     write_text_atomic(to_toml(cfg, data_cfg), out / "config.toml")
     record: dict[str, Any] = {

@@ -23,6 +23,7 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
 from dashboard.studies import resolve_target
+from hpo.paths import resolve_artifact_dir
 from hpo.storage import open_existing_storage
 from hpo.errors import HPOError
 from hpo.exposure import LOOPBACK_NAMES, exposure_warning
@@ -80,12 +81,13 @@ class StudyArtifactStore:
     lookup, so studies created after the dashboard started are served too.
     """
 
-    def __init__(self, storage: BaseStorage, default_dir: str | Path | None = None):
+    def __init__(self, storage: BaseStorage, default_dir: str | Path | None = None, storage_url: str = ""):
         self._storage = storage
         self._default = Path(default_dir) if default_dir else None
+        self._url = storage_url  # stored folders are relative to a SQLite database's folder (hpo.paths)
 
     def folders(self) -> list[Path]:
-        found = [Path(s.user_attrs["artifact_dir"]) for s in self._storage.get_all_studies()
+        found = [resolve_artifact_dir(s.user_attrs["artifact_dir"], self._url) for s in self._storage.get_all_studies()
                  if s.user_attrs.get("artifact_dir")]
         return list(dict.fromkeys(([self._default] if self._default else []) + found))
 
@@ -152,7 +154,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def serve(config: DashboardConfig, storage: BaseStorage, announce: Callable[[str], None] = print) -> None:
     """Serve until SIGINT or SIGTERM, then stop accepting, close the socket (the port is free) and return."""
-    store = StudyArtifactStore(storage, config.artifact_dir)
+    store = StudyArtifactStore(storage, config.artifact_dir, config.storage)
     handler = _QuietHandler if config.quiet else WSGIRequestHandler
     allowed = {*LOOPBACK_NAMES, *config.allowed_hosts, *([] if config.host in ("0.0.0.0", "::") else [config.host])}
     httpd = make_server(config.host, config.port, HostCheck(create_app(storage, store), allowed),

@@ -19,6 +19,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.run import write_text_atomic
 from dashboard.studies import resolve_target
+from hpo.retrains import describe_record, reference_retrain, retrain_records
 from hpo.study import load_study, seed_baseline
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
@@ -175,27 +176,37 @@ def size_section(trials: list[FrozenTrial]) -> Section:
 
 
 def retrain_section(study: optuna.Study) -> Section:
+    """Every retrain recorded on the study (hpo.retrains), the reference one first and drawn boldest."""
     title = "Retraining the best configuration"
-    info = study.user_attrs.get("retrain")
-    if not info:
+    records = retrain_records(study)
+    if not records:
         return Section("retrain", title, None, "No retrain recorded for this study yet (run `hpo retrain`).")
-    summary = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items()
-                        if k in ("status", "trial", "target", "epochs_to_target", "best_test_acc", "final_test_acc"))
-    metrics = Path(str(info.get("run_dir", ""))) / "metrics.json"
-    try:
-        epochs = json.loads(metrics.read_text())["epochs"]
-    except (OSError, ValueError, KeyError) as e:
-        return Section("retrain", title, None, f"Retrain: {summary}. Its curve is not readable at {metrics}: {e}")
+    reference = reference_retrain(records)
     fig = go.Figure()
-    for key, colour in (("train_acc", "darkorange"), ("val_acc", "steelblue"), ("test_acc", "seagreen")):
-        if any(key in m for m in epochs):
-            fig.add_trace(go.Scatter(x=[m["epoch"] for m in epochs if key in m], y=[m[key] for m in epochs if key in m],
-                                     mode="lines+markers", name=key, line=dict(color=colour)))
-    target = info.get("target", study.user_attrs.get("target_accuracy"))  # retrain's own test-accuracy target
+    for r in records:
+        curve = (r.get("curve") or {}).get("test_acc") or _legacy_curve(r)
+        if curve:
+            ref = r is reference
+            fig.add_trace(go.Scatter(x=list(range(1, len(curve) + 1)), y=curve, mode="lines+markers",
+                                     name=f"trial {r.get('trial')}, {r.get('max_epochs')}-epoch schedule"
+                                          + (" (reference)" if ref else ""),
+                                     line=dict(width=3 if ref else 1), opacity=1.0 if ref else 0.6))
+    target = (reference or records[-1]).get("target")
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
-    fig.update_layout(xaxis_title="epoch", yaxis_title="accuracy", xaxis_dtick=1)
-    return Section("retrain", title, fig, f"Retrain: {summary} ({metrics}).")
+    fig.update_layout(xaxis_title="epoch", yaxis_title="test accuracy", xaxis_dtick=1)
+    lines = [f"{'Reference' if r is reference else 'Retrain'}: {describe_record(r)}" for r in
+             ([reference] if reference else []) + [r for r in records if r is not reference]]
+    return Section("retrain", title, fig if fig.data else None, " | ".join(lines))
+
+
+def _legacy_curve(record: dict) -> list[float]:
+    """Records written before retrains carried their curve: read the run folder's metrics.json if it is here."""
+    try:
+        epochs = json.loads((Path(str(record.get("run_dir", ""))) / "metrics.json").read_text())["epochs"]
+        return [m["test_acc"] for m in epochs]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
 
 
 def _summary_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[tuple[str, str]]:

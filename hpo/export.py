@@ -1,4 +1,5 @@
-"""Export a retrained run as a deployable model (ONNX or TorchScript) and prove it computes what PyTorch does.
+"""Export a run (`hpo retrain` or `hpo train`) as a deployable model (ONNX or TorchScript) and prove it
+computes what PyTorch does.
 
 The exported graph takes raw images, uint8 (B, 32, 32, 3) RGB as stored in the CIFAR files, and returns
 (B, 10) log-probabilities: normalisation (and the test-time views' average when the run used tta_flip / tta_shift) is inside the
@@ -25,6 +26,7 @@ from cifarnet.run import write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
+from hpo.retrain import eval_weights
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 WEIGHTS = ("best", "final")
@@ -64,18 +66,26 @@ class DeployModel(nn.Module):
 
 
 def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, TrainConfig, Path]:
-    """The evaluated weights of a retrain run (`best.pt` or `final.pt`) in a model in eval mode."""
+    """The evaluated weights of a run in a model in eval mode: a retrain's `best.pt` / `final.pt`, or, in a
+    folder written by `hpo train` (no such files), the last finished epoch of its `checkpoint.pt`."""
     if weights not in WEIGHTS:
         raise ExportError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
-    path = Path(run_dir) / f"{weights}.pt"
-    if not path.is_file():
-        raise ExportError(f"{path} not found: RUN_DIR must be a folder written by `hpo retrain`")
-    state = load_checkpoint(path)
-    cfg = TrainConfig.from_dict(state["config"])
+    run_dir = Path(run_dir)
+    path, checkpoint = run_dir / f"{weights}.pt", run_dir / "checkpoint.pt"
+    if path.is_file():
+        state = load_checkpoint(path)
+        config, state_dict = state.get("config"), state.get("state_dict")
+    elif checkpoint.is_file() and not any((run_dir / f"{w}.pt").exists() for w in WEIGHTS):
+        path, state = checkpoint, load_checkpoint(checkpoint)
+        config, state_dict = state["config"], eval_weights(state)
+    else:
+        raise ExportError(f"{path.resolve()} not found: RUN_DIR must be a run folder written by `hpo retrain` "
+                          f"(best.pt, final.pt) or `hpo train` (checkpoint.pt)")
+    cfg = TrainConfig.from_dict(config)
     model = build_model(cfg.model)
     try:
-        model.load_state_dict(state["state_dict"])
-    except (KeyError, RuntimeError, TypeError) as e:  # e.g. a checkpoint.pt copied over best.pt
+        model.load_state_dict(state_dict)
+    except (KeyError, RuntimeError, TypeError, AttributeError) as e:  # e.g. a checkpoint.pt copied over best.pt
         raise ExportError(f"{path} holds no weights for its config ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'state_dict'})") from None
     return model.eval(), cfg, path

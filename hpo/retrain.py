@@ -8,8 +8,9 @@ epoch whose test accuracy reaches it; it changes nothing in the schedule.
 
 The run folder holds final and best weights, config.toml, metrics (JSON and CSV), a learning-curve plot and a
 checkpoint written after every epoch, so an interrupted retrain resumes from its last finished epoch and ends
-where an uninterrupted one would. The outcome goes to the study (user_attr "retrain") and the files to the
-study's optuna artifact store.
+where an uninterrupted one would. The outcome is recorded on the study as its own record (hpo.retrains: one
+user_attr per run, so a short test retrain never replaces an earlier one) and the files go to the study's
+optuna artifact store.
 """
 
 from __future__ import annotations
@@ -31,12 +32,14 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
-from cifarnet.run import train_to_dir, write_json_atomic
+from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
+from hpo.paths import locate_study, resolve_artifact_dir, stored_artifact_dir
+from hpo.retrains import new_record_key, retrain_records
 from hpo.space import suggest_config
 from hpo.study import load_study
-from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
+from hpo.studyfile import StudySpec, spec_from_dict
 
 DEFAULT_TARGET = 0.85  # test accuracy
 DEFAULT_MAX_EPOCHS = 30
@@ -84,22 +87,12 @@ class RetrainPlan:
     out: Path
     artifact_dir: Path
     options: RetrainOptions
+    storage_url: str = ""  # where the study lives: stored paths are relative to a SQLite database's folder
 
     @property
     def schedule_note(self) -> str:
         return (f"schedule sized for --max-epochs {self.cfg.epochs} (epochs = {self.cfg.epochs}); the target "
                 f"{self.target:g} only stops training early and changes nothing in the schedule")
-
-    def describe(self) -> str:
-        value = f"{self.trial.value:.4f}" if self.trial.value is not None else "n/a"
-        resuming = self.options.resume and (self.out / "checkpoint.pt").exists()
-        return "\n".join([
-            f"retraining trial {self.trial.number} of study {self.study.study_name!r} (search val_acc {value}) "
-            f"on all training images, test accuracy after every epoch",
-            f"params: {self.trial.params}",
-            self.schedule_note,
-            f"run folder: {self.out}{' (resuming its checkpoint)' if resuming else ''}",
-        ])
 
 
 @dataclass(frozen=True)
@@ -119,18 +112,10 @@ class RetrainResult:
     schedule: str
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> optuna artifact id
     artifact_dir: str = ""
+    record_key: str = ""  # the study user_attr holding this run's record (hpo.retrains)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def summary(self) -> str:
-        if self.status == "reached":
-            head = f"reached target {self.target:g} at epoch {self.epochs_to_target}"
-        else:
-            head = f"MISSED target {self.target:g}: not reached in {self.epochs_run} epochs"
-        return (f"{head} (test acc final {self.final_test_acc:.4f}, best {self.best_test_acc:.4f} at epoch "
-                f"{self.best_epoch}; {self.schedule})\nwrote {self.run_dir}; {len(self.artifacts)} artifacts in "
-                f"{self.artifact_dir}; study user_attr 'retrain' updated")
 
 
 def retrain_best(study_or_name: str, options: RetrainOptions = RetrainOptions(),
@@ -141,7 +126,7 @@ def retrain_best(study_or_name: str, options: RetrainOptions = RetrainOptions(),
 
 def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions()) -> RetrainPlan:
     """Find the study and trial, replay its config, and decide target, run folder and artifact store."""
-    study = open_study(study_or_name, options.storage)
+    study, url = open_study(study_or_name, options.storage)
     raw = study.user_attrs.get("study_file")
     if not isinstance(raw, dict):
         raise RetrainError(f"study {study.study_name!r} has no 'study_file' user_attr: it was not created by "
@@ -157,20 +142,20 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     if not options.resume and (out / "checkpoint.pt").exists():
         raise RetrainError(f"{out} already holds a retrain checkpoint: pass --resume to continue it, "
                            f"or choose another --out")
-    artifact_dir = Path(study.user_attrs.get("artifact_dir") or spec.artifact_dir
-                        or Path("artifacts") / study.study_name).resolve()
+    if options.resume:
+        check_resumable(out / "checkpoint.pt", cfg)  # names what differs: another trial, seed or --max-epochs
+    artifact_dir = (resolve_artifact_dir(study.user_attrs.get("artifact_dir"), url)
+                    or Path(spec.artifact_dir or Path("artifacts") / study.study_name).resolve())
     return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
-                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options)
+                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options,
+                       storage_url=url)
 
 
-def open_study(study_or_name: str, storage: str | None = None) -> optuna.Study:
-    """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`."""
-    if study_or_name.endswith(".toml") or Path(study_or_name).is_file():
-        spec = load_study_file(study_or_name, storage=storage)
-        name, url = spec.name, spec.storage
-    else:
-        name, url = study_or_name, storage or DEFAULT_STORAGE
-    return load_study(url, name)
+def open_study(study_or_name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
+    """A studies/*.toml path (its name and storage, unless `storage` overrides) or a study name in `storage`;
+    returns the study and its storage URL."""
+    name, url = locate_study(study_or_name, storage)
+    return load_study(url, name), url
 
 
 def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -210,46 +195,50 @@ def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
 
 
 def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResult:
-    """Train until the target or max epochs, write the run folder, upload it and record the outcome."""
-    running = {"status": "running", "trial": plan.trial.number, "target": plan.target,
-               "max_epochs": plan.cfg.epochs, "run_dir": str(plan.out), "schedule": plan.schedule_note,
-               "started": now_iso()}
-    plan.study.set_user_attr("retrain", running)
+    """Train until the target or max epochs, write the run folder, upload it and record the outcome as its own
+    record on the study (earlier retrains keep theirs; a resumed run continues the record of its folder)."""
+    run_dir = stored_artifact_dir(plan.out, plan.storage_url)  # portable: relative to a SQLite database's folder
+    unfinished = [r for r in retrain_records(plan.study) if r.get("run_dir") == run_dir
+                  and r.get("status") in ("running", "interrupted")] if plan.options.resume else []
+    key = unfinished[-1]["key"] if unfinished else new_record_key()
+    started = unfinished[-1].get("started", now_iso()) if unfinished else now_iso()
+    record = {"trial": plan.trial.number, "target": plan.target, "max_epochs": plan.cfg.epochs, "run_dir": run_dir,
+              "schedule": plan.schedule_note, "started": started}
+    plan.study.set_user_attr(key, {**record, "status": "running"})
     try:
-        return _run_retrain(plan, report)
-    except BaseException as e:  # Ctrl-C included: the study must not say "running" for a retrain that ended
-        _record_failure(plan, running, e)
+        history = train_until_target(plan, report)
+    except KeyboardInterrupt:
+        plan.study.set_user_attr(key, {**record, "status": "interrupted"})  # `--resume` continues this record
         raise
-
-
-def _record_failure(plan: RetrainPlan, running: dict[str, Any], error: BaseException) -> None:
-    reason = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
-    try:
-        plan.study.set_user_attr("retrain", {**running, "status": "failed", "reason": hide_passwords(reason),
-                                             "finished": now_iso()})
-    except Exception as e:  # e.g. the storage itself failed; the original error is the one to report
-        print(f"warning: could not record the failed retrain in the study ({type(e).__name__})", file=sys.stderr)
-
-
-def _run_retrain(plan: RetrainPlan, report: Report | None) -> RetrainResult:
-    history = train_until_target(plan, report)
+    except Exception as e:  # the study must not say "running" for a retrain that ended
+        _record_failure(plan, key, record, e)
+        raise
     result = _result(plan, history)
     _finish_run_folder(plan, history, result)
     artifacts = upload_run(plan)
-    result = RetrainResult(**{**result.to_dict(), "artifacts": artifacts, "artifact_dir": str(plan.artifact_dir)})
+    result = RetrainResult(**{**result.to_dict(), "artifacts": artifacts, "artifact_dir": str(plan.artifact_dir),
+                              "record_key": key})
     write_json_atomic(result.to_dict(), plan.out / "retrain.json")
-    plan.study.set_user_attr("retrain", {**result.to_dict(), "finished": now_iso()})
+    curve = {m: [h.get(m) for h in history] for m in ("test_acc", "train_acc")}
+    plan.study.set_user_attr(key, {**result.to_dict(), "run_dir": run_dir, "started": started, "finished": now_iso(),
+                                   "curve": curve})
     return result
+
+
+def _record_failure(plan: RetrainPlan, key: str, record: dict[str, Any], error: BaseException) -> None:
+    reason = f"{type(error).__name__}: {error}"
+    try:
+        plan.study.set_user_attr(key, {**record, "status": "failed", "reason": hide_passwords(reason),
+                                       "finished": now_iso()})
+    except Exception as e:  # e.g. the storage itself failed; the original error is the one to report
+        print(f"warning: could not record the failed retrain in the study ({type(e).__name__})", file=sys.stderr)
 
 
 def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[dict[str, Any]]:
     """The one training loop, stopped by `report` at the first epoch whose test accuracy reaches the target."""
     checkpoint = plan.out / "checkpoint.pt"
     if plan.options.resume and checkpoint.exists():
-        state = load_checkpoint(checkpoint)
-        if state.get("config") != plan.cfg.to_dict():
-            raise RetrainError(f"{checkpoint} was written for a different config (another trial, seed or "
-                               f"--max-epochs); refusing to resume it")
+        state = load_checkpoint(checkpoint)  # its config matches: prepare_retrain checked it
         save_best_weights(state, plan.out)  # in case the kill fell between the checkpoint and best.pt
         # Killed after the last epoch's checkpoint but before training returned: nothing is left to train.
         if _is_done(state["history"], plan.target, plan.cfg.epochs):

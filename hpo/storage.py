@@ -66,8 +66,8 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage:
     parsed = parse_url(url)
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         if not Path(parsed.database).expanduser().is_file():
-            raise StorageError(f"no study database at {parsed.database} ({display_url(url)}); pass a study file "
-                               f"or --storage")
+            raise StorageError(f"no study database at {Path(parsed.database).expanduser().resolve()} "
+                               f"({display_url(url)}); pass a study file or --storage")
     return open_storage(url)
 
 
@@ -125,6 +125,9 @@ def parse_url(url: str) -> URL:
     if parsed.drivername == GRPC_SCHEME:
         _import_grpc(f"storage URL {display_url(url)}")
         return parsed
+    if parsed.get_backend_name() == "sqlite" and parsed.host:  # sqlite://tmp/x.db: "tmp" parsed as a host
+        raise StorageError(f"storage URL {url!r}: a SQLite URL has no host; a relative path takes three slashes "
+                           f"(sqlite:///hpo.db) and an absolute one four (sqlite:////tmp/x.db)")
     try:
         parsed.get_dialect().import_dbapi()
     except NoSuchModuleError:

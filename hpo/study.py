@@ -1,4 +1,4 @@
-"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and summaries for the CLI.
+"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and the records the CLI prints.
 
 A study created here carries everything needed to continue or inspect it from storage alone:
 study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artifact_dir", "stop_requested",
@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HPOError, StorageError
-from hpo.space import Choice, SearchSpace, apply_params, seed_params
+from hpo.paths import stored_artifact_dir
+from hpo.space import Choice, SearchSpace, seed_params
 from hpo.storage import display_url, is_locked, open_existing_storage, open_storage
 from hpo.studyfile import StudySpec, spec_from_dict
 
@@ -77,7 +78,7 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | Non
     if stored is not None:
         check_same_search(stored, spec)
     for key, value in {"study_file": spec.raw, "target_accuracy": spec.target_accuracy,
-                       "artifact_dir": spec.artifact_dir}.items():
+                       "artifact_dir": stored_artifact_dir(spec.artifact_dir, spec.storage)}.items():
         study.set_user_attr(key, value)
     if study.metric_names != [OBJECTIVE_NAME]:
         with warnings.catch_warnings():
@@ -200,7 +201,7 @@ class StudyRow:
 
 
 def list_studies(storage_url: str) -> list[StudyRow]:
-    storage = open_storage(storage_url)
+    storage = open_existing_storage(storage_url)  # a mistyped path must not leave an empty hpo.db behind
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # summaries of studies other tools created may warn
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
@@ -273,56 +274,3 @@ def best_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         "duration_s": duration, "device": attrs.get("device"), "seed_baseline": bool(attrs.get("seed_baseline")),
         "config": attrs.get("config"),
     }
-
-
-def format_status(status: StudyStatus) -> str:
-    c = status.counts
-    lines = [f"study {status.name} ({status.storage})",
-             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running, "
-             f"{c['waiting']} waiting"]
-    if status.best:
-        b = status.best
-        lines.append(f"best: trial {b['trial']} val_acc {b['val_acc']:.4f} ({b['params_count']:,} params) "
-                     f"{b['params']}")
-    if status.target_accuracy is not None:
-        reached = bool(status.best) and status.best["val_acc"] >= status.target_accuracy
-        lines.append(f"target val_acc {status.target_accuracy}: {'reached' if reached else 'not reached'}")
-    if status.stop_requested:
-        lines.append(f"stop requested: {status.stop_reason}")
-    lines += [f"trial {n}: {why}" for n, why in status.failures]
-    return "\n".join(lines)
-
-
-def format_best(record: dict[str, Any]) -> str:
-    rows = {k: v for k, v in record.items() if k not in ("config", "params")}
-    rows.update({f"param {k}": v for k, v in record["params"].items()})
-    width = max(map(len, rows))
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
-
-
-def describe_spec(spec: StudySpec) -> str:
-    """`hpo study check`: what a study file searches, with the parameter range of its widths."""
-    from cifarnet.model import model_stats
-
-    lo = {n: d.low if not isinstance(d, Choice) else min(d.choices) for n, d in spec.space.params.items()
-          if n.startswith("width")}
-    hi = {n: d.high if not isinstance(d, Choice) else max(d.choices) for n, d in spec.space.params.items()
-          if n.startswith("width")}
-    sizes = [model_stats(apply_params(spec.base, v).model).params for v in (lo, hi)]
-    budget = f"{spec.n_trials} trials" if spec.n_trials else "no trial limit"
-    lines = [
-        f"study {spec.name} on {display_url(spec.storage)}: {budget}"
-        + (f", timeout {spec.timeout:.0f}s" if spec.timeout else ""),
-        f"sampler {spec.sampler.kind} {spec.sampler.options}; pruner {spec.pruner.kind} {spec.pruner.options}",
-        f"per trial: {spec.base.epochs} epochs on {spec.data.train_size or 'all'} training images, "
-        f"{spec.data.val_size} validation images",
-        f"parameters: {sizes[0]:,} .. {sizes[1]:,} over the width range"
-        + (f" (max_params {spec.max_params:,})" if spec.max_params else ""),
-        f"target val_acc: {spec.target_accuracy}" + (" (stops all workers)" if spec.stop_on_target else ""),
-        f"artifacts: {spec.artifact_dir}",
-        "space:",
-    ]
-    lines += [f"  {name} = {dist}" for name, dist in spec.space.params.items()]
-    baseline, moved = baseline_params(spec.space, spec)
-    lines.append(f"trial 0 (original CifarNet): {baseline}" + (f" (moved into the space: {moved})" if moved else ""))
-    return "\n".join(lines)

@@ -34,6 +34,7 @@ from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig
 from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
+from hpo.paths import resolve_sqlite_url
 from hpo.space import Choice, SearchSpace, apply_params, parse_space
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
@@ -126,6 +127,7 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
     try:
         study = raw.get("study")
         if isinstance(study, dict):
+            _relative_to_file(study, path.parent)
             overrides = {"storage": storage, "trials": n_trials, "timeout": timeout}
             study.update({k: v for k, v in overrides.items() if v is not None})
             # Relative artifact folders resolve once, here, so the stored file means the same from any cwd.
@@ -139,7 +141,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     try:
         text = path.read_bytes().decode("utf-8")
     except FileNotFoundError:
-        raise StudyFileError(f"study file not found: {path}") from None
+        raise StudyFileError(f"study file not found: {path.resolve()}") from None
     except IsADirectoryError:
         raise StudyFileError(f"{path} is a directory, not a study file") from None
     except UnicodeDecodeError:
@@ -307,6 +309,14 @@ def _check_space(space: SearchSpace, base: TrainConfig) -> None:
             except ConfigError as e:
                 detail = str(e).removeprefix("searched values give an invalid config: ")
                 raise StudyFileError(f"[space] {name}: {value!r} is not a valid training value ({detail})") from None
+
+
+def _relative_to_file(study: dict[str, Any], folder: Path) -> None:
+    """Paths written in a study file are relative to its folder (hpo.paths), not to the current one."""
+    if isinstance(study.get("storage"), str):
+        study["storage"] = resolve_sqlite_url(study["storage"], folder)
+    if isinstance(study.get("artifact_dir"), str) and study["artifact_dir"]:
+        study["artifact_dir"] = str((folder / Path(study["artifact_dir"]).expanduser()).resolve())
 
 
 def _artifact_dir(study: dict[str, Any]) -> Path:

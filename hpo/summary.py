@@ -50,20 +50,3 @@ def _baseline(trials: list[FrozenTrial]) -> dict[str, Any] | None:
         return None
     return {"trial": seed.number, "state": seed.state.name, "val_acc": seed.value,
             "params_count": seed.user_attrs.get("params_count")}
-
-
-def format_summary(s: dict[str, Any]) -> str:
-    best = s["best"]
-    lines = [
-        f"study {s['study']} ({s['storage']}): {s['trials']['complete']} complete, {s['trials']['pruned']} pruned "
-        f"({s['rejected_before_training']} rejected before training), {s['trials']['fail']} failed",
-        f"epochs run {s['epochs_run']} of {s['epochs_if_no_pruning']} without pruning: "
-        f"{s['epochs_saved_by_pruning']} saved",
-    ]
-    if s["wall_time_s"] is not None:
-        lines.append(f"wall time {s['wall_time_s'] / 60:.1f} min, mean epoch {s['mean_epoch_s']:.1f}s")
-    if best:
-        lines.append(f"best: trial {best['trial']} val_acc {best['val_acc']:.4f} ({best['params_count']:,} params)")
-    if s["baseline"] and s["baseline"]["val_acc"] is not None:
-        lines.append(f"baseline (original CifarNet, trial {s['baseline']['trial']}): val_acc {s['baseline']['val_acc']:.4f}")
-    return "\n".join(lines)

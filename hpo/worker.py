@@ -37,6 +37,7 @@ from dashboard.notes import annotate_trial
 from hpo.errors import HPOError
 from hpo.launcher import check_device, run_processes
 from hpo.objective import TRIAL_ERRORS, Objective
+from hpo.paths import resolve_artifact_dir
 from hpo.storage import (Heartbeat, TrialSlotLock, display_url, heartbeat_enabled, interrupts_between_storage_calls,
                          is_transient, open_storage)
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
@@ -147,12 +148,12 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
                                   pruner=build_pruner(spec))
     except KeyError:
         raise HPOError(f"no study {spec.name!r} in {display_url(spec.storage)}: start it with "
-                       f"`hpo study start`, then join it with `hpo worker`") from None
+                       f"`hpo study start`, then join it with `hpo study join`") from None
     budget = _stored_budget(study, spec)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     callbacks = [Progress(budget, opts.out or sys.stdout),
-                 Annotator(study.user_attrs.get("artifact_dir") or spec.artifact_dir)]
+                 Annotator(resolve_artifact_dir(study.user_attrs.get("artifact_dir"), spec.storage) or spec.artifact_dir)]
     with interrupts_between_storage_calls():  # so a Ctrl-C can always be recorded on the trial
         return run_trials(study, Objective(spec, splits, run_opts), budget, callbacks,
                           TrialSlotLock(spec.storage, spec.name), poll_s=w.heartbeat_interval)
@@ -234,7 +235,7 @@ def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
     stored_file, raw = study.user_attrs.get("study_file"), study.user_attrs.get("run_budget")
     if stored_file is None or raw is None:
         raise HPOError(f"study {spec.name!r} in {display_url(spec.storage)} was never started: "
-                       f"run `hpo study start` first, then join it with `hpo worker`")
+                       f"run `hpo study start` first, then join it with `hpo study join`")
     check_same_search(stored_file, spec)
     return RunBudget(**raw)
 

@@ -59,6 +59,36 @@ def write_cifar_batches(root: Path, per_batch: int = 40, test_images: int = 60, 
     return root
 
 
+REPO = Path(__file__).resolve().parents[1]
+LITTER = ("artifacts/*", "*.lock", "*.db", "runs", "report.html")  # what tests used to leave in the checkout
+
+
+def _litter() -> set[Path]:
+    return {p for pattern in LITTER for p in REPO.glob(pattern)}
+
+
+_LITTER_BEFORE: set[Path] = set()
+
+
+def pytest_sessionstart(session):
+    _LITTER_BEFORE.update(_litter())
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Fail the run when a test wrote into the checkout instead of its temporary folder."""
+    new = sorted(_litter() - _LITTER_BEFORE)
+    if new:
+        print(f"\nerror: tests left files in the checkout: {', '.join(str(p.relative_to(REPO)) for p in new)}")
+        session.exitstatus = 1
+
+
+@pytest.fixture(autouse=True)
+def _work_in_tmp_path(tmp_path, monkeypatch):
+    """Tests write only under their temporary folders: relative defaults (hpo.db, artifacts/, runs/, report.html)
+    of in-process calls and of `hpo` subprocesses started without a cwd land in tmp_path, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture(scope="session")
 def tiny_cifar(tmp_path_factory) -> Path:
     """Root folder holding cifar-10-batches-py/ with 5 x 40 training and 60 test images."""

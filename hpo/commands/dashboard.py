@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from hpo.cli import app
+from hpo.commands.options import StorageOpt
 
-StorageOpt = Annotated[Optional[str], typer.Option("--storage", help="Storage URL (overrides the study file's; "
-                                                   "default: the study service's default database).")]
+app = typer.Typer()
 
 
 @app.command("dashboard")
 def dashboard_cmd(
-    study_file: Annotated[Optional[Path], typer.Argument(help="Study TOML: its storage and artifact folder.")] = None,
+    study_file: Annotated[Optional[Path], typer.Argument(
+        help="Study TOML: its storage and artifact folder.", show_default=False)] = None,
     storage: StorageOpt = None,
     artifact_dir: Annotated[Optional[Path], typer.Option(
         help="Extra artifact folder, read first and written by uploads (each study's own is always read).")] = None,
@@ -26,7 +27,8 @@ def dashboard_cmd(
     allowed_host: Annotated[Optional[list[str]], typer.Option(
         "--allowed-host", help="A Host header name to answer besides localhost/127.0.0.1/[::1] and --host "
                                "(repeatable; e.g. the name a reverse proxy forwards). Others get 403.")] = None,
-    port: Annotated[Optional[int], typer.Option(help="TCP port; 0 picks a free one (default from the config).")] = None,
+    port: Annotated[Optional[int], typer.Option(
+        min=0, max=65535, help="TCP port; 0 picks a free one (default from the config).")] = None,
     quiet: Annotated[Optional[bool], typer.Option(
         "--quiet/--access-log", help="Hide / show the per-request log (default from the config).")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Dashboard TOML in optuna-dashboard's --from-config "
@@ -34,20 +36,28 @@ def dashboard_cmd(
 ) -> None:
     """Serve optuna-dashboard on the study's storage and artifact store until Ctrl-C / SIGTERM."""
     from dashboard.app import CONFIG_TOML, run_dashboard
+    from hpo.errors import HPOError
 
-    run_dashboard(study_file, {"storage": storage, "artifact_dir": str(artifact_dir) if artifact_dir else None,
-                               "host": host, "port": port, "quiet": quiet,
-                               "allowed_hosts": allowed_host or None}, config or CONFIG_TOML, announce=typer.echo)
+    try:
+        run_dashboard(study_file, {"storage": storage, "artifact_dir": str(artifact_dir) if artifact_dir else None,
+                                   "host": host, "port": port, "quiet": quiet,
+                                   "allowed_hosts": allowed_host or None}, config or CONFIG_TOML,
+                      announce=typer.echo)
+    except OSError as e:
+        if e.errno != errno.EADDRINUSE:
+            raise
+        raise HPOError(f"port {port if port is not None else '(the config default)'} is in use: pass another "
+                       f"--port, or --port 0 to pick a free one") from None
 
 
 @app.command("report")
 def report_cmd(
-    study: Annotated[str, typer.Argument(help="Study name (or a study TOML).")],
+    study: Annotated[str, typer.Argument(help="Study name (or a study TOML).", show_default=False)],
     storage: StorageOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (plotly.js embedded).")] = Path(
         "report.html"),
 ) -> None:
-    """Write one self-contained HTML report: history, curves, importances, size vs accuracy, retrain."""
+    """Write one self-contained HTML report: history, curves, importances, size vs accuracy, retrains."""
     from dashboard.report import report_study
 
     path = report_study(study, storage, out)

@@ -2,61 +2,108 @@
 
 from __future__ import annotations
 
+import enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from hpo.cli import DataDirOpt, DeviceOpt, app
+from hpo.commands.options import DataDirOpt, DeviceOpt, Interrupted, StorageOpt, interrupted_message
+
+app = typer.Typer()
+
+
+class ExportFormat(str, enum.Enum):
+    onnx = "onnx"
+    torchscript = "torchscript"
+
+
+class Weights(str, enum.Enum):
+    best = "best"
+    final = "final"
 
 
 @app.command("retrain")
 def retrain_cmd(
-    study: Annotated[str, typer.Argument(help="A studies/*.toml file, or a study name in --storage.")],
-    storage: Annotated[Optional[str], typer.Option(
-        help="Storage URL (default: the study file's, else sqlite:///hpo.db).")] = None,
-    trial: Annotated[Optional[int], typer.Option(help="Trial number to retrain (default: the best).")] = None,
+    study: Annotated[str, typer.Argument(help="A studies/*.toml file, or a study name in --storage.",
+                                         show_default=False)],
+    storage: StorageOpt = None,
+    trial: Annotated[Optional[int], typer.Option(min=0, help="Trial number to retrain (default: the best).")] = None,
     target: Annotated[float, typer.Option(
+        max=1.0,
         help="Test accuracy to stop at (first epoch reaching it). Changes nothing in the schedule.")] = 0.85,
     max_epochs: Annotated[int, typer.Option(
-        help="Epoch budget; the LR schedule is sized for it (epochs = max_epochs).")] = 30,
+        min=1, help="Epoch budget; the LR schedule is sized for it (epochs = max_epochs).")] = 30,
     out: Annotated[Optional[Path], typer.Option(
-        help="Run folder (default: runs/retrain/<study>/trial<N>).")] = None,
+        "--out", "-o", help="Run folder (default: runs/retrain/<study>/trial<N>); one that holds a retrain is "
+                            "refused unless --resume.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run folder's checkpoint after an interruption.")] = False,
-    seed: Annotated[Optional[int], typer.Option(help="Training seed (default: the trial's).")] = None,
+    seed: Annotated[Optional[int], typer.Option(min=0, help="Training seed (default: the trial's).")] = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
-    """Retrain a trial on all training images until its test accuracy reaches the target (or max epochs)."""
+    """Retrain a trial on all training images until its test accuracy reaches the target (or max epochs).
+
+    Every retrain is kept as its own record on the study (`hpo study status` and `hpo report` list them all)."""
     from hpo.retrain import RetrainOptions, prepare_retrain, run_retrain
 
     options = RetrainOptions(storage=storage, trial=trial, target=target, max_epochs=max_epochs, out=out,
                              resume=resume, seed=seed, data_dir=data_dir, device=device)
     plan = prepare_retrain(study, options)
-    typer.echo(plan.describe())
+    typer.echo(describe_plan(plan))
 
     def show(epoch: int, m: dict[str, Any]) -> None:
         mark = "  <- target reached" if m["test_acc"] >= plan.target else ""
         typer.echo(f"epoch {epoch}/{plan.cfg.epochs} loss {m['train_loss']:.4f} test_acc {m['test_acc']:.4f} "
                    f"(target {plan.target:g}) {m['images_per_s']:.0f} img/s ({m['train_time_s']:.1f}s){mark}")
 
-    typer.echo(run_retrain(plan, report=show).summary())
+    try:
+        result = run_retrain(plan, report=show)
+    except KeyboardInterrupt:
+        raise Interrupted(interrupted_message(plan.out)) from None
+    typer.echo(describe_result(result))
+
+
+def describe_plan(plan: Any) -> str:
+    value = f"{plan.trial.value:.4f}" if plan.trial.value is not None else "n/a"
+    resuming = plan.options.resume and (plan.out / "checkpoint.pt").exists()
+    return "\n".join([
+        f"retraining trial {plan.trial.number} of study {plan.study.study_name!r} (search val_acc {value}) "
+        f"on all training images, test accuracy after every epoch",
+        f"params: {plan.trial.params}",
+        plan.schedule_note,
+        f"run folder: {plan.out}{' (resuming its checkpoint)' if resuming else ''}",
+    ])
+
+
+def describe_result(r: Any) -> str:
+    if r.status == "reached":
+        head = f"reached target {r.target:g} at epoch {r.epochs_to_target}"
+    else:
+        head = f"MISSED target {r.target:g}: not reached in {r.epochs_run} epochs"
+    return (f"{head} (test acc final {r.final_test_acc:.4f}, best {r.best_test_acc:.4f} at epoch "
+            f"{r.best_epoch}; {r.schedule})\nwrote {r.run_dir}; {len(r.artifacts)} artifacts in {r.artifact_dir}; "
+            f"recorded on the study as {r.record_key!r} (earlier retrains are kept)")
 
 
 @app.command("export")
 def export_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="A folder written by `hpo retrain`.")],
-    format: Annotated[str, typer.Option("--format", help="onnx or torchscript.")] = "onnx",
-    weights: Annotated[str, typer.Option(help="best (highest test accuracy) or final weights.")] = "best",
+    run_dir: Annotated[Path, typer.Argument(
+        help="A run folder written by `hpo retrain` (best.pt / final.pt) or `hpo train` (checkpoint.pt).",
+        show_default=False)],
+    format: Annotated[ExportFormat, typer.Option("--format", help="Model file format.")] = ExportFormat.onnx,
+    weights: Annotated[Weights, typer.Option(
+        help="best (highest test accuracy) or final weights of a retrain; a `hpo train` folder has only its "
+             "last epoch's.")] = Weights.best,
     out: Annotated[Optional[Path], typer.Option(
-        help="Output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt).")] = None,
+        "--out", "-o", help="Output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt).")] = None,
     data_dir: DataDirOpt = None,
-    batch: Annotated[int, typer.Option(help="Images in the PyTorch-vs-export check batch.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, help="Images in the PyTorch-vs-export check batch.")] = 64,
 ) -> None:
     """Export a run as a deployable model (uint8 HWC images in, log-probs out) checked against PyTorch."""
     from hpo.export import export_model
 
-    r = export_model(run_dir, format, weights=weights, out=out, data_dir=data_dir, batch=batch)
+    r = export_model(run_dir, format.value, weights=weights.value, out=out, data_dir=data_dir, batch=batch)
     typer.echo(f"wrote {r.path} ({r.format}, weights {r.weights.name}; sidecar {r.path.name}.json)")
     typer.echo(f"max |log-prob difference| vs PyTorch on {r.batch} {r.batch_source}: {r.max_abs_diff:.2e} "
                f"(tolerance {r.tolerance:g}): OK")

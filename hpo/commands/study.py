@@ -1,97 +1,99 @@
-"""`hpo study start|check|list|status|best|verify`, `hpo worker` and `hpo storage-proxy`: thin wrappers over
-hpo.worker, hpo.study and hpo.storage."""
+"""`hpo study start|join|check|list|status|best|summary|verify`: thin wrappers over hpo.worker, hpo.study and
+hpo.summary, with the text each prints (the library returns records; the tables live here)."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 from pathlib import Path
-from typing import Annotated, Callable, Optional, TypeVar
+from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from hpo.cli import DataDirOpt, DeviceOpt, app
-from hpo.errors import HPOError
-from hpo.exposure import exposure_warning
-from hpo.launcher import device_slots
-from hpo.consistency import check_consistency
-from hpo.storage import GRPC_DEFAULT_PORT, open_storage, serve_storage_proxy
-from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
-from hpo.studyfile import DEFAULT_STORAGE, load_study_file
-from hpo.worker import WorkerOptions, join_study, start_study
+from hpo.commands.options import (DataDirOpt, DeviceOpt, FormatOpt, Interrupted, NameArg, OptionalDeviceOpt,
+                                  OutputFormat, StorageOpt, StudyFileArg, echo_record, study_target)
 
 T = TypeVar("T")
-INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
-study_app = typer.Typer(no_args_is_help=True, help="Create, run and inspect Optuna studies on SQL storage.")
-app.add_typer(study_app, name="study")
+app = typer.Typer(no_args_is_help=True, help="Create, run and inspect Optuna studies on SQL storage.")
 
-StudyFileArg = Annotated[Path, typer.Argument(help="Study TOML (see studies/*.toml).")]
-StorageOpt = Annotated[Optional[str], typer.Option(
-    "--storage", help="SQLAlchemy URL, e.g. sqlite:///hpo.db or postgresql+psycopg://user@host/db "
-                      "(default: the study file's).")]
-ListStorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the study database.")]
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    help="Torch threads per worker (default: this machine's cores divided by --workers).")]
-NameArg = Annotated[str, typer.Argument(help="Study name.")]
+    min=1, help="Torch threads per worker process (default: this machine's cores divided by the worker "
+                "processes it runs).")]
+DevicesOpt = Annotated[Optional[str], typer.Option(
+    help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")]
+PerDeviceOpt = Annotated[int, typer.Option(
+    min=1, help="Worker processes (so trials at once) per device; small models can share a GPU.")]
 
 
-@study_app.command("start")
+@app.command("start")
 def start_cmd(
     study_file: StudyFileArg,
     storage: StorageOpt = None,
     n_trials: Annotated[Optional[int], typer.Option(
-        "--n-trials", help="Trials to run now (resuming adds this many; default: the file's trials).")] = None,
-    timeout: Annotated[Optional[float], typer.Option(help="Start no trial after this many seconds.")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes on the same storage; the cores are "
-                                              "split between them.")] = 1,
+        "--n-trials", min=1, help="Trials to run now (resuming adds this many; default: the file's trials).")] = None,
+    timeout: Annotated[Optional[float], typer.Option(
+        min=1.0, help="Start no trial after this many seconds.")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="Local worker processes on the same storage; the cores are "
+                                                     "split between them.")] = 1,
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
+    from hpo.studyfile import load_study_file
+    from hpo.worker import WorkerOptions, start_study
+
     spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
+    _warn_if_proxy(spec.storage)
     opts = WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads)
     typer.echo(format_status(_interruptible(lambda: start_study(spec, opts))))
 
 
-@app.command("worker")
-def worker_cmd(
+def join_cmd(
     study_file: StudyFileArg,
     storage: StorageOpt = None,
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
-    device: DeviceOpt = "auto",
-    devices: Annotated[Optional[str], typer.Option(
-        help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")] = None,
-    trials_per_device: Annotated[int, typer.Option(
-        help="Worker processes (so trials at once) per device; small models can share a GPU.")] = 1,
+    device: OptionalDeviceOpt = None,
+    devices: DevicesOpt = None,
+    trials_per_device: PerDeviceOpt = 1,
 ) -> None:
     """Join a study started with `hpo study start` (from any process or machine) until its run ends."""
-    if devices is not None and device != "auto":
+    from hpo.errors import HPOError
+    from hpo.launcher import device_slots
+    from hpo.study import study_status
+    from hpo.studyfile import load_study_file
+    from hpo.worker import WorkerOptions, join_study
+
+    if devices is not None and device is not None:
         raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
-    opts = WorkerOptions(data_dir=data_dir, threads=threads, devices=device_slots(devices or device, trials_per_device))
-    typer.echo(format_status(_interruptible(lambda: join_study(spec, opts))))
-
-
-@app.command("storage-proxy")
-def storage_proxy_cmd(
-    storage: Annotated[str, typer.Option("--storage", help="SQLAlchemy URL of the database to serve.")],
-    host: Annotated[str, typer.Option(help=(
-        "Address to listen on (0.0.0.0: every interface). The proxy has no authentication or encryption: on any "
-        "interface but loopback everyone who can reach the port can read, change and delete every study in the "
-        "database; keep it on a private network or reach it through an SSH tunnel."))] = "localhost",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = GRPC_DEFAULT_PORT,
-) -> None:
-    """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
-    --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
-    warning = exposure_warning("the storage proxy", host, port, "read, change and delete every study in the database")
-    if warning:
-        typer.echo(warning, err=True)
+    _warn_if_proxy(spec.storage)
     try:
-        serve_storage_proxy(storage, host, port, on_ready=typer.echo)
-    except KeyboardInterrupt:
-        typer.echo("storage proxy stopped")
+        finished_before = _finished(study_status(spec.storage, spec.name))
+    except HPOError:
+        finished_before = None  # no such study (yet): join_study says so, with what to do
+    opts = WorkerOptions(data_dir=data_dir, threads=threads,
+                         devices=device_slots(devices or device or "auto", trials_per_device))
+    status = _interruptible(lambda: join_study(spec, opts))
+    typer.echo(format_status(status))
+    if _finished(status) == finished_before:
+        typer.echo("nothing left to do: the run of the last `hpo study start` has spent its trial budget, passed "
+                   "its timeout or met its target; `hpo study start` begins a new run")
+
+
+app.command("join")(join_cmd)
+
+
+def _finished(status: Any) -> int:
+    return sum(status.counts[k] for k in ("complete", "pruned", "fail"))
+
+
+def _warn_if_proxy(url: str) -> None:
+    if url.startswith("grpc://"):
+        typer.echo("warning: through the gRPC storage proxy optuna keeps no heartbeats (a killed worker's trial "
+                   "stays RUNNING, never re-run) and the trial-slot lock is off (K workers may run up to K - 1 "
+                   "extra trials)", err=True)
 
 
 def _interruptible(run: Callable[[], T]) -> T:
@@ -99,51 +101,200 @@ def _interruptible(run: Callable[[], T]) -> T:
     try:
         return run()
     except KeyboardInterrupt:
-        typer.echo("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
-                   "again; run the same command to resume", err=True)
-        raise typer.Exit(INTERRUPTED_EXIT) from None
+        raise Interrupted("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
+                          "again; run the same command to resume") from None
 
 
-@study_app.command("check")
-def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None) -> None:
+@app.command("check")
+def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Validate a study file and print what it would search (no storage or data is touched)."""
-    typer.echo(describe_spec(load_study_file(study_file, storage=storage)))
+    from hpo.studyfile import load_study_file
+
+    spec = load_study_file(study_file, storage=storage)
+    record = describe_spec(spec)
+    echo_record(record, format, format_spec(record))
 
 
-@study_app.command("list")
-def list_cmd(storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
-    """Studies in a storage: trials and best validation accuracy."""
-    rows = list_studies(storage)
-    if not rows:
-        typer.echo("no studies")
-    for r in rows:
-        best = f"{r.best_value:.4f}" if r.best_value is not None else "-"
-        typer.echo(f"{r.name:<30} {r.trials:>5} trials  best {best:<8} {r.started}")
+@app.command("list")
+def list_cmd(storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
+    """Studies in a storage: trials, best validation accuracy, first trial's start."""
+    from hpo.study import list_studies
+    from hpo.studyfile import DEFAULT_STORAGE
+
+    rows = [dataclasses.asdict(r) for r in list_studies(storage or DEFAULT_STORAGE)]
+    echo_record(rows, format, format_list(rows))
 
 
-@study_app.command("status")
-def status_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
-    """Trials by state, best so far, target, stop flag and why trials failed."""
-    typer.echo(format_status(study_status(storage, name)))
+@app.command("status")
+def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
+    """Trials by state, best so far, target, stop flag, why trials failed, stale RUNNING trials, retrains."""
+    from hpo.consistency import check_consistency
+    from hpo.retrains import reference_retrain, retrain_records
+    from hpo.storage import open_existing_storage
+    from hpo.study import load_spec, load_study, study_status
+
+    name, url = study_target(name, storage)
+    status = study_status(url, name)
+    study = load_study(url, name)
+    # A RUNNING trial whose heartbeat is older than the grace period belongs to a dead worker (verify's check).
+    grace = load_spec(study).workers.grace_period if "study_file" in study.user_attrs else None
+    stale = [p for p in check_consistency(open_existing_storage(url), name, grace_period=grace)
+             if " is RUNNING with " in p]
+    retrains = retrain_records(study)
+    reference = reference_retrain(retrains)
+    record = {**dataclasses.asdict(status), "stale_running": stale, "retrains": retrains,
+              "reference_retrain": reference["key"] if reference else None}
+    echo_record(record, format, format_status(status, stale, retrains, reference))
 
 
-@study_app.command("verify")
-def verify_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
+@app.command("best")
+def best_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
+    """The best completed trial: validation accuracy, parameters, size and the full training config."""
+    from hpo.study import best_trial_record
+
+    name, url = study_target(name, storage)
+    record = best_trial_record(url, name)
+    echo_record(record, format, format_best(record))
+
+
+@app.command("summary")
+def summary_cmd(
+    name: NameArg,
+    storage: StorageOpt = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Also write the summary as JSON.")] = None,
+    format: FormatOpt = OutputFormat.table,
+) -> None:
+    """Trials complete/pruned/failed, best validation accuracy, wall time and epochs saved by pruning."""
+    from cifarnet.run import write_json_atomic
+    from hpo.summary import summarize_study
+
+    name, url = study_target(name, storage)
+    summary = summarize_study(url, name)
+    echo_record(summary, format, format_summary(summary))
+    if out is not None:
+        write_json_atomic(summary, out)
+        typer.echo(f"wrote {out}", err=format == OutputFormat.json)
+
+
+@app.command("verify")
+def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
     """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
-    problems = check_consistency(open_storage(storage), name)
+    from hpo.consistency import check_consistency
+    from hpo.errors import HPOError
+    from hpo.storage import open_existing_storage
+
+    name, url = study_target(name, storage)
+    problems = check_consistency(open_existing_storage(url), name)
     if problems:
         raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
     typer.echo(f"study {name}: consistent")
 
 
-@study_app.command("best")
-def best_cmd(
-    name: NameArg,
-    storage: ListStorageOpt = DEFAULT_STORAGE,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
-) -> None:
-    """The best completed trial: validation accuracy, parameters, size and the full training config."""
-    if format not in ("table", "json"):
-        raise typer.BadParameter(f"must be table or json, got {format!r}", param_hint="--format")
-    record = best_trial_record(storage, name)
-    typer.echo(json.dumps(record, indent=2) if format == "json" else format_best(record))
+# ---- text of the records above ----
+
+def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, Any]] = (),
+                  reference: dict[str, Any] | None = None) -> str:
+    from hpo.retrains import describe_record
+
+    c = status.counts
+    lines = [f"study {status.name} ({status.storage})",
+             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running, "
+             f"{c['waiting']} waiting"]
+    if status.best:
+        b = status.best
+        size = f"{b['params_count']:,} params" if b.get("params_count") is not None else "size unknown"
+        lines.append(f"best: trial {b['trial']} val_acc {b['val_acc']:.4f} ({size}) {b['params']}")
+    if status.target_accuracy is not None:
+        reached = bool(status.best) and status.best["val_acc"] >= status.target_accuracy
+        lines.append(f"target val_acc {status.target_accuracy}: {'reached' if reached else 'not reached'}")
+    if status.stop_requested:
+        lines.append(f"stop requested: {status.stop_reason}")
+    lines += [f"trial {n}: {why}" for n, why in status.failures]
+    lines += [f"stale: {p}; its worker is gone (the next worker re-runs it when retries are left; "
+              f"`hpo study verify` checks the records)" for p in stale]
+    for r in retrains:
+        mark = " <- reference" if reference is not None and r["key"] == reference["key"] else ""
+        lines.append(f"retrain {describe_record(r)}{mark}")
+    return "\n".join(lines)
+
+
+def format_best(record: dict[str, Any]) -> str:
+    rows = {k: v for k, v in record.items() if k not in ("config", "params")}
+    rows.update({f"param {k}": v for k, v in record["params"].items()})
+    width = max(map(len, rows))
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+
+
+def format_list(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "no studies"
+    lines = [f"{'study':<30} {'trials':>6}  {'best val_acc':<12}  started"]
+    for r in rows:
+        best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
+        lines.append(f"{r['name']:<30} {r['trials']:>6}  {best:<12}  {r['started'] or '-'}")
+    return "\n".join(lines)
+
+
+def describe_spec(spec: Any) -> dict[str, Any]:
+    """`hpo study check`: what a study file searches, with the parameter range of its widths."""
+    from cifarnet.model import model_stats
+    from hpo.space import Choice, apply_params
+    from hpo.storage import display_url
+    from hpo.study import baseline_params
+
+    widths = {n: d for n, d in spec.space.params.items() if n.startswith("width")}
+    lo = {n: min(d.choices) if isinstance(d, Choice) else d.low for n, d in widths.items()}
+    hi = {n: max(d.choices) if isinstance(d, Choice) else d.high for n, d in widths.items()}
+    sizes = [model_stats(apply_params(spec.base, v).model).params for v in (lo, hi)]
+    baseline, moved = baseline_params(spec.space, spec)
+    return {
+        "name": spec.name, "storage": display_url(spec.storage), "trials": spec.n_trials, "timeout": spec.timeout,
+        "sampler": {"kind": spec.sampler.kind, **spec.sampler.options},
+        "pruner": {"kind": spec.pruner.kind, **spec.pruner.options},
+        "epochs": spec.base.epochs, "train_size": spec.data.train_size, "val_size": spec.data.val_size,
+        "params_range": sizes, "max_params": spec.max_params, "target_accuracy": spec.target_accuracy,
+        "stop_on_target": spec.stop_on_target, "artifact_dir": spec.artifact_dir,
+        "space": {name: str(dist) for name, dist in spec.space.params.items()},
+        "baseline": baseline, "baseline_moved": moved,
+    }
+
+
+def format_spec(d: dict[str, Any]) -> str:
+    budget = f"{d['trials']} trials" if d["trials"] else "no trial limit"
+    lines = [
+        f"study {d['name']} on {d['storage']}: {budget}" + (f", timeout {d['timeout']:.0f}s" if d["timeout"] else ""),
+        f"sampler {d['sampler']}; pruner {d['pruner']}",
+        f"per trial: {d['epochs']} epochs on {d['train_size'] or 'all'} training images, "
+        f"{d['val_size']} validation images",
+        f"parameters: {d['params_range'][0]:,} .. {d['params_range'][1]:,} over the width range"
+        + (f" (max_params {d['max_params']:,})" if d["max_params"] else ""),
+        f"target val_acc: {d['target_accuracy']}" + (" (stops all workers)" if d["stop_on_target"] else ""),
+        f"artifacts: {d['artifact_dir']}",
+        "space:",
+    ]
+    lines += [f"  {name} = {dist}" for name, dist in d["space"].items()]
+    moved = d["baseline_moved"]
+    lines.append(f"trial 0 (original CifarNet): {d['baseline']}" + (f" (moved into the space: {moved})" if moved else ""))
+    return "\n".join(lines)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    """`hpo study summary`; every figure may be missing while no trial has finished."""
+    best, trials = s["best"], s["trials"]
+    lines = [
+        f"study {s['study']} ({s['storage']}): {trials['complete']} complete, {trials['pruned']} pruned "
+        f"({s['rejected_before_training']} rejected before training), {trials['fail']} failed",
+        f"epochs run {s['epochs_run']} of {s['epochs_if_no_pruning']} without pruning: "
+        f"{s['epochs_saved_by_pruning']} saved",
+    ]
+    if s["wall_time_s"] is not None:
+        mean = f", mean epoch {s['mean_epoch_s']:.1f}s" if s["mean_epoch_s"] is not None else ""
+        lines.append(f"wall time {s['wall_time_s'] / 60:.1f} min{mean}")
+    if best:
+        size = f" ({best['params_count']:,} params)" if best.get("params_count") is not None else ""
+        lines.append(f"best: trial {best['trial']} val_acc {best['val_acc']:.4f}{size}")
+    else:
+        lines.append("best: none yet (no complete trial)")
+    if s["baseline"] and s["baseline"]["val_acc"] is not None:
+        lines.append(f"baseline (original CifarNet, trial {s['baseline']['trial']}): val_acc {s['baseline']['val_acc']:.4f}")
+    return "\n".join(lines)

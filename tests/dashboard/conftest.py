@@ -16,6 +16,7 @@ import pytest
 from optuna.artifacts import FileSystemArtifactStore
 
 from dashboard.notes import annotate_study
+from hpo.paths import resolve_artifact_dir
 from hpo.studyfile import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,7 +40,7 @@ def _demo_study_file(folder: Path, url: str) -> Path:
     text, n = re.subn(r"(\[pruner\][^\[]*?n_startup_trials\s*=\s*)\d+", rf"\g<1>{PRUNER_STARTUP}", SMOKE.read_text())
     assert n == 1, "studies/smoke.toml has no [pruner] n_startup_trials any more; update this fixture"
     path = folder / "demo.toml"
-    path.write_text(re.sub(r'(?m)^storage = ".*"$', f'storage = "{url}"', text, count=1))
+    path.write_text(re.sub(r'(?m)^storage = "[^"]*"', f'storage = "{url}"', text, count=1))
     return path
 
 
@@ -60,7 +61,7 @@ def demo_study(tmp_path_factory, tiny_cifar) -> DemoStudy:
          "--data-dir", str(tiny_cifar), "--device", "cpu")
     spec = load_study_file(study_file)
     study = optuna.load_study(study_name=spec.name, storage=url)
-    store_dir = Path(study.user_attrs["artifact_dir"])
+    store_dir = resolve_artifact_dir(study.user_attrs["artifact_dir"], url)  # stored relative to the database
     store_dir.mkdir(parents=True, exist_ok=True)
     # Trials the study service has not annotated itself get their note and curve artifacts now.
     annotate_study(study, FileSystemArtifactStore(store_dir))

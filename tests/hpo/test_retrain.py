@@ -21,7 +21,10 @@ from optuna.trial import TrialState
 
 from cifarnet.config import TrainConfig, load_run_file
 from cifarnet.train import load_checkpoint
+from hpo.commands.retrain import describe_result
+from hpo.paths import resolve_artifact_dir
 from hpo.retrain import RetrainError, RetrainOptions, prepare_retrain, retrain_best
+from hpo.retrains import retrain_records
 from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
 
@@ -158,7 +161,8 @@ def test_retrain_killed_mid_run_resumes_to_the_same_result_as_an_uninterrupted_o
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL
     assert 1 <= load_checkpoint(tmp_path / "b" / "checkpoint.pt")["epoch"] < 6  # it really was cut short
-    assert optuna.load_study(study_name=study.study_name, storage=url).user_attrs["retrain"]["status"] == "running"
+    records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    assert [r["status"] for r in records] == ["missed", "running"]  # the straight run's record, then the killed one
     with pytest.raises(RetrainError, match="--resume"):  # a fresh run must not overwrite the checkpoint
         prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "b", target=1.0, max_epochs=6))
     done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120, env=ENV)
@@ -183,10 +187,12 @@ def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, 
     out = tmp_path / "run"
     result = retrain_best(study_name, _options(storage_url, tiny_cifar, out, target=1.0, max_epochs=2))
     assert result.status == "missed" and result.epochs_to_target is None and result.epochs_run == 2
-    assert "MISSED" in result.summary()
+    assert "MISSED" in describe_result(result)
     study = optuna.load_study(study_name=study_name, storage=storage_url)
-    record = study.user_attrs["retrain"]
-    assert record["status"] == "missed" and record["trial"] == best and record["run_dir"] == str(out.resolve())
+    record = study.user_attrs[result.record_key]
+    assert record["status"] == "missed" and record["trial"] == best
+    assert resolve_artifact_dir(record["run_dir"], storage_url) == out.resolve()
+    assert record["curve"]["test_acc"] == [h["test_acc"] for h in json.loads((out / "metrics.json").read_text())["epochs"]]
     assert record["epochs_to_target"] is None and record["epochs_run"] == 2
     assert record["best_test_acc"] == result.best_test_acc and record["final_test_acc"] == result.final_test_acc
     store = optuna.artifacts.FileSystemArtifactStore(str(tmp_path / "artifacts"))
@@ -232,9 +238,11 @@ def test_failed_retrain_is_recorded_as_failed_with_its_reason(sqlite_study, tiny
                        text=True, timeout=120, env=ENV)
     assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith(f"error: {ck} is truncated or not a checkpoint")
-    record = optuna.load_study(study_name=study.study_name, storage=url).user_attrs["retrain"]
-    assert record["status"] == "failed" and record["reason"].startswith(f"CheckpointError: {ck} is truncated")
-    assert record["finished"] >= record["started"]
+    records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    # The damaged checkpoint is refused before training; no record of this attempt may say "running".
+    assert records[0]["status"] == "missed" and all(r["status"] != "running" for r in records)
+    if len(records) > 1:
+        assert records[-1]["status"] == "failed" and records[-1]["reason"].startswith(f"CheckpointError: {ck}")
 
 
 def test_adamw_ema_retrain_resumes_and_exports_from_weights_only_files(tmp_path, study_name, tiny_cifar):
@@ -255,3 +263,46 @@ def test_adamw_ema_retrain_resumes_and_exports_from_weights_only_files(tmp_path,
     again = retrain_best(study_name, _options(url, tiny_cifar, out, target=1.0, max_epochs=2, resume=True))
     assert again.final_test_acc == first.final_test_acc and again.epochs_run == 2
     assert export_model(out, "torchscript", data_dir=str(tiny_cifar)).max_abs_diff < 1e-4
+
+
+def test_every_retrain_is_kept_and_the_reference_is_the_one_that_reached_its_target(sqlite_study, tiny_cifar,
+                                                                                  tmp_path):
+    """Issue 13 item 2: a later 1-epoch test retrain must not replace the recorded retrain that reached its target."""
+    study, url = sqlite_study
+    real = retrain_best(study.study_name, _options(url, tiny_cifar, tmp_path / "real", target=0.05, max_epochs=2))
+    quick = retrain_best(study.study_name, _options(url, tiny_cifar, tmp_path / "quick", target=1.0, max_epochs=1))
+    assert (real.status, quick.status) == ("reached", "missed") and real.record_key != quick.record_key
+    records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    assert [r["key"] for r in records] == [real.record_key, quick.record_key]  # both kept, oldest first
+    status = subprocess.run([HPO, "study", "status", study.study_name, "--storage", url], capture_output=True,
+                            text=True, timeout=60, env=ENV)
+    assert status.returncode == 0, status.stderr
+    lines = [line for line in status.stdout.splitlines() if line.startswith("retrain ")]
+    assert len(lines) == 2 and lines[0].endswith("<- reference") and "reached target 0.05 at epoch 1" in lines[0]
+    assert "missed target 1" in lines[1] and "reference" not in lines[1]
+    as_json = subprocess.run([HPO, "study", "status", study.study_name, "--storage", url, "-f", "json"],
+                             capture_output=True, text=True, timeout=60, env=ENV)
+    record = json.loads(as_json.stdout)
+    assert record["reference_retrain"] == real.record_key and len(record["retrains"]) == 2
+
+
+def test_ctrl_c_in_retrain_is_one_error_line_and_resume_continues_its_record(sqlite_study, tiny_cifar, tmp_path):
+    """Issue 13 item 4: Ctrl-C in `hpo retrain` prints one `error:` line (exit 130), not a silent 130."""
+    study, url = sqlite_study
+    args = [HPO, "retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "40",
+            "--out", str(tmp_path / "run"), "--data-dir", str(tiny_cifar), "--device", "cpu"]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**ENV, "PYTHONUNBUFFERED": "1"})
+    for line in proc.stdout:
+        if line.startswith("epoch 1/40"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err
+    assert err.startswith("error: interrupted: ") and err.count("\n") == 1 and "--resume" in err
+    [record] = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    assert record["status"] == "interrupted"
+    changed = subprocess.run([*args[:8], "2", *args[9:], "--resume"], capture_output=True, text=True, timeout=120,
+                             env=ENV)
+    assert changed.returncode == 1 and "different config (epochs 40 -> 2)" in changed.stderr  # --max-epochs
+    assert retrain_records(optuna.load_study(study_name=study.study_name, storage=url)) == [record]  # untouched

@@ -1,0 +1,81 @@
+"""Options every command shares, defined once: storage, data folder, device, output format.
+
+Nothing here imports torch or optuna at import time: `hpo --help` only needs typer.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
+
+
+class Interrupted(Exception):
+    """Raised by a command that handled Ctrl-C itself; hpo.cli.main prints its one line and exits 130."""
+
+
+def interrupted_message(run_dir: Path) -> str:
+    """Ctrl-C in `hpo train` / `hpo retrain`: what is left in the run folder and how to continue."""
+    if (run_dir / "checkpoint.pt").exists():
+        return (f"error: interrupted: {run_dir} keeps the checkpoint of its last finished epoch; the same command "
+                f"with --resume continues it")
+    return "error: interrupted before the first epoch finished (nothing to resume)"
+
+
+class OutputFormat(str, enum.Enum):
+    table = "table"
+    json = "json"
+
+
+def _check_device(value: Optional[str]) -> Optional[str]:
+    """One device check for every command (train, retrain, study start / join): a GPU index N means cuda:N."""
+    if value is None:
+        return None
+    from hpo.errors import HPOError
+    from hpo.launcher import check_device
+
+    device = f"cuda:{value}" if value.isdigit() else value
+    try:
+        check_device(device, shown=value)
+    except HPOError as e:
+        raise typer.BadParameter(str(e)) from None
+    return device
+
+
+StorageOpt = Annotated[Optional[str], typer.Option(
+    "--storage", envvar="HPO_STORAGE", show_envvar=True,
+    help="SQLAlchemy URL, e.g. sqlite:///hpo.db (relative to the current folder; sqlite:////abs/path.db) or "
+         "postgresql+psycopg://user@host/db, or grpc://host:port (default: the study file's, else "
+         "sqlite:///hpo.db).")]
+DataDirOpt = Annotated[Optional[str], typer.Option(
+    "--data-dir", envvar="CIFAR10_DIR", show_envvar=True,
+    help="CIFAR-10 folder: cifar-10-batches-py/ or its parent.")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", callback=_check_device, help="cpu, auto (cuda when available), cuda, cuda:N or a GPU index N.")]
+OptionalDeviceOpt = Annotated[Optional[str], typer.Option(
+    "--device", callback=_check_device,
+    help="cpu, auto (cuda when available), cuda, cuda:N or a GPU index N (default: auto; or --devices).")]
+FormatOpt = Annotated[OutputFormat, typer.Option("--format", "-f", help="Print a table or JSON.")]
+NameArg = Annotated[str, typer.Argument(
+    help="Study name in --storage, or a study TOML (its name and storage).", show_default=False)]
+StudyFileArg = Annotated[Path, typer.Argument(help="Study TOML (see studies/*.toml).", show_default=False)]
+
+
+def study_target(name_or_file: str, storage: str | None) -> tuple[str, str]:
+    """(study name, storage URL) from a NAME or a study TOML (hpo.paths.locate_study)."""
+    from hpo.paths import locate_study
+
+    return locate_study(name_or_file, storage)
+
+
+def as_json(record: Any) -> str:
+    return json.dumps(record, indent=2, default=str)
+
+
+def echo_record(record: Any, fmt: OutputFormat, table: str) -> None:
+    typer.echo(as_json(record) if fmt == OutputFormat.json else table)

@@ -1,0 +1,71 @@
+"""README.md "Using it" against the code: every documented command and flag exists, and a test runs the command.
+
+The runs themselves live beside the feature they test; `RUN_BY` names them, and this test checks that each
+named test file really invokes the command (so deleting that test makes this one fail).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HPO = str(Path(sys.executable).parent / "hpo")
+
+# Command -> the test file that runs it through subprocess (as `"word", "word"` arguments).
+RUN_BY = {
+    "model summary": "tests/cifarnet/test_model.py",
+    "data check": "tests/cifarnet/test_data.py",
+    "train": "tests/hpo/test_cli.py",
+    "study check": "tests/hpo/test_cli.py",
+    "study start": "tests/hpo/test_study_cli.py",
+    "study join": "tests/hpo/test_cli.py",
+    "study list": "tests/hpo/test_cli.py",
+    "study status": "tests/hpo/test_cli.py",
+    "study best": "tests/hpo/test_study_cli.py",
+    "study summary": "tests/hpo/test_summary.py",
+    "study verify": "tests/hpo/test_cli.py",
+    "dashboard": "tests/hpo/test_cli.py",
+    "report": "tests/dashboard/test_report.py",
+    "retrain": "tests/hpo/test_retrain.py",
+    "export": "tests/hpo/test_export.py",
+}
+
+
+def documented_lines() -> list[str]:
+    text = (REPO / "README.md").read_text()
+    block = text.split("## Using it", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    return [line.split("#", 1)[0].strip() for line in block.strip().splitlines()]
+
+
+def command_of(line: str) -> str:
+    words = line.split()[1:]
+    command = [words[0]] + ([words[1]] if words[0] in ("study", "model", "data") else [])
+    return " ".join(command)
+
+
+def test_every_documented_command_is_known_and_run_by_a_test():
+    commands = {command_of(line) for line in documented_lines()}
+    # `hpo study list | status NAME | best NAME`: the alternatives after `|` are commands too.
+    commands |= {f"study {alt.split()[0]}" for line in documented_lines() if "|" in line
+                 for alt in line.split("|")[1:]}
+    assert commands == set(RUN_BY), commands ^ set(RUN_BY)
+    for command, test_file in RUN_BY.items():
+        words = ", ".join(f'"{w}"' for w in command.split())
+        assert re.search(rf'\[?{re.escape(words)}', (REPO / test_file).read_text()), (command, test_file)
+
+
+@pytest.mark.parametrize("line", documented_lines(), ids=command_of)
+def test_documented_flags_exist(line):
+    command = command_of(line)
+    help_text = subprocess.run([HPO, *command.split(), "--help"], capture_output=True, text=True).stdout
+    for part in line.split("|"):
+        sub = part.split()
+        target = help_text if part is line.split("|")[0] else subprocess.run(
+            [HPO, "study", sub[0], "--help"], capture_output=True, text=True).stdout
+        for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", part):
+            assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", target), (line, flag)
