@@ -68,6 +68,14 @@ def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for every expected failure, Ctrl-C included."""
     from cifarnet.errors import CifarNetError
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    if args and not {"--help", "-h", "--version"} & set(args):
+        # The libraries every working command loads, imported while Ctrl-C still means "exit 130, one line":
+        # a KeyboardInterrupt inside numpy's or torch's own imports leaves them half-initialised (test:
+        # tests/hpo/test_cli.py::test_ctrl_c_while_starting_prints_no_traceback).
+        signal.signal(signal.SIGINT, _interrupted_while_starting)
+        import numpy  # noqa: F401
+        import torch  # noqa: F401
     # Python's own Ctrl-C from here on (the workers record interrupted trials on KeyboardInterrupt). This also
     # undoes SIG_IGN, which a non-interactive shell gives its background jobs and children inherit.
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -313,10 +313,13 @@ def _check_space(space: SearchSpace, base: TrainConfig) -> None:
 
 def _relative_to_file(study: dict[str, Any], folder: Path) -> None:
     """Paths written in a study file are relative to its folder (hpo.paths), not to the current one."""
-    if isinstance(study.get("storage"), str):
-        study["storage"] = resolve_sqlite_url(study["storage"], folder)
-    if isinstance(study.get("artifact_dir"), str) and study["artifact_dir"]:
-        study["artifact_dir"] = str((folder / Path(study["artifact_dir"]).expanduser()).resolve())
+    try:
+        if isinstance(study.get("storage"), str):
+            study["storage"] = resolve_sqlite_url(study["storage"], folder)
+        if isinstance(study.get("artifact_dir"), str) and study["artifact_dir"]:
+            study["artifact_dir"] = str((folder / Path(study["artifact_dir"]).expanduser()).resolve())
+    except (RuntimeError, ValueError, OSError) as e:  # "~nouser/x", a NUL byte
+        raise StudyFileError(f"[study] artifact_dir / storage: not a usable path ({e})") from None
 
 
 def _artifact_dir(study: dict[str, Any]) -> Path:
