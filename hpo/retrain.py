@@ -33,6 +33,7 @@ from cifarnet.hardware import now_iso
 from cifarnet.run import train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
+from hpo.plots import learning_curve_figure
 from hpo.space import suggest_config
 from hpo.study import load_study
 from hpo.studyfile import DEFAULT_STORAGE, StudySpec, load_study_file, spec_from_dict
@@ -319,19 +320,8 @@ def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path, *, target: float, title: str) -> None:
     """Accuracy and loss per epoch as one self-contained HTML file (plotly.js inlined: works offline)."""
-    from plotly.subplots import make_subplots  # plotly is only needed here
-
-    epochs = [h["epoch"] for h in history]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss"))
-    for col, metric in ((1, "acc"), (2, "loss")):
-        for split, dash in (("train", "dot"), ("test", "solid")):
-            fig.add_scatter(x=epochs, y=[h[f"{split}_{metric}"] for h in history], name=f"{split}_{metric}",
-                            mode="lines+markers", line={"dash": dash}, row=1, col=col)
-    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}", row=1, col=1)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, template="plotly_white")
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
+    learning_curve_figure(history, target, title).write_html(tmp, include_plotlyjs=True, full_html=True)
     os.replace(tmp, path)
 
 

@@ -13,7 +13,7 @@ from hpo.cli import DataDirOpt, DeviceOpt, app
 from hpo.errors import HPOError
 from hpo.launcher import device_slots
 from hpo.consistency import check_consistency
-from hpo.storage import GRPC_DEFAULT_PORT, open_storage, serve_storage_proxy
+from hpo.storage import GRPC_DEFAULT_PORT, open_existing_storage, serve_storage_proxy
 from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 from hpo.worker import WorkerOptions, join_study, start_study
@@ -91,10 +91,10 @@ def _interruptible(run: Callable[[], T]) -> T:
     """Ctrl-C: the worker(s) marked the running trial failed and re-queued it; say so in one line."""
     try:
         return run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too
         typer.echo("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
                    "again; run the same command to resume", err=True)
-        raise typer.Exit(INTERRUPTED_EXIT) from None
+        raise typer.Exit(getattr(e, "exit_code", INTERRUPTED_EXIT)) from None
 
 
 @study_app.command("check")
@@ -123,7 +123,7 @@ def status_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None
 @study_app.command("verify")
 def verify_cmd(name: NameArg, storage: ListStorageOpt = DEFAULT_STORAGE) -> None:
     """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
-    problems = check_consistency(open_storage(storage), name)
+    problems = check_consistency(open_existing_storage(storage, read_only=True), name)
     if problems:
         raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
     typer.echo(f"study {name}: consistent")
