@@ -65,14 +65,14 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
         if read_only:
             parsed = parsed.set(database=f"file:{Path(parsed.database).expanduser()}?mode=ro",
                                 query={**parsed.query, "uri": "true"})
-    heartbeat_kwargs = {} if heartbeat is None else dict(
-        heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=heartbeat.max_retry))
     for attempt in range(OPEN_RETRIES):
         try:
             with warnings.catch_warnings():
                 # The heartbeat options are marked experimental, but are the documented crash-safety path.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                heartbeat_kwargs = {} if heartbeat is None else dict(
+                    heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry))
                 return ReconnectingRDBStorage(parsed.render_as_string(hide_password=False),
                                               engine_kwargs=_engine_kwargs(parsed, read_only),
                                               skip_table_creation=read_only, **heartbeat_kwargs)

@@ -212,14 +212,14 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
             if runner.current is not None:
                 _requeue_after_interrupt(study, runner.current)
             raise
-        except (ValueError, optuna.exceptions.UpdateFinishedTrialError) as e:
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
-            # a lost network), another worker failed its trial and re-queued it (tests/hpo/test_stall.py).
+            # a lost network) and another one failed and re-queued its trial
+            # (tests/hpo/test_worker_loop.py::test_stalled_worker_drops_its_lost_trial_and_goes_on).
             if runner.current is None or not _lost(study, runner.current):
                 raise
             _log.warning("warning: trial %d was failed and re-queued by another worker while this one stalled "
-                         "(no heartbeat for longer than the grace period); dropped it: %s", runner.current,
-                         first_line(e))
+                         "(no heartbeat for longer than the grace period); dropped it", runner.current)
         except Exception as e:
             if not is_transient(e):
                 raise

@@ -167,7 +167,7 @@ def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_c
     while proc.poll() is None:
         with admin.connect() as conn:
             dropped += conn.execute(sqlalchemy.text(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = 'test' "
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = current_database() "
                 "AND pid <> pg_backend_pid() AND application_name = :app"), {"app": app}).scalar()
         time.sleep(0.25)
     out, err = proc.communicate()
