@@ -1,6 +1,6 @@
 """A real study on a real SQLite file for the dashboard tests: `hpo study start studies/smoke.toml` on the tiny
-CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated with
-notes and learning-curve artifacts, and a real `hpo retrain` of the best trial."""
+CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated by
+the workers with notes and per-epoch tables, and a real `hpo retrain` of the best trial."""
 
 from __future__ import annotations
 
@@ -13,9 +13,6 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.artifacts import FileSystemArtifactStore
-
-from dashboard.notes import annotate_study
 from hpo.studyfile import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,9 +58,6 @@ def demo_study(tmp_path_factory, tiny_cifar) -> DemoStudy:
     spec = load_study_file(study_file)
     study = optuna.load_study(study_name=spec.name, storage=url)
     store_dir = Path(study.user_attrs["artifact_dir"])
-    store_dir.mkdir(parents=True, exist_ok=True)
-    # Trials the study service has not annotated itself get their note and curve artifacts now.
-    annotate_study(study, FileSystemArtifactStore(store_dir))
     _hpo("retrain", spec.name, "--storage", url, "--max-epochs", "3", "--target", "0.99", "--out",
          str(root / "retrain"), "--data-dir", str(tiny_cifar), "--device", "cpu")
     return DemoStudy(spec.name, url, store_dir, db, study_file)
