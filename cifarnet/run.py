@@ -4,24 +4,20 @@ a resumable checkpoint. `hpo train` and the benchmarks call this."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from cifarnet.config import DataConfig, TrainConfig, to_toml
 from cifarnet.data import load_cifar10, make_splits
+from cifarnet.files import write_atomic
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
 from cifarnet.train import Report, RunOptions, TrainResult, train
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def train_to_dir(

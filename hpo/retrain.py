@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.files import write_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.run import train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
@@ -310,19 +310,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
     columns = list(dict.fromkeys(k for h in history for k in h))  # first-seen order, epoch first
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+    write_atomic(path, write)
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path, *, target: float, title: str) -> None:
     """Accuracy and loss per epoch as one self-contained HTML file (plotly.js inlined: works offline)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    learning_curve_figure(history, target, title).write_html(tmp, include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: learning_curve_figure(history, target, title).write_html(
+        tmp, include_plotlyjs=True, full_html=True))
 
 
 def upload_run(plan: RetrainPlan) -> dict[str, str]:
