@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import optuna
+import sqlalchemy
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
@@ -73,9 +74,12 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
                 heartbeat_kwargs = {} if heartbeat is None else dict(
                     heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry))
-                return ReconnectingRDBStorage(parsed.render_as_string(hide_password=False),
-                                              engine_kwargs=_engine_kwargs(parsed, read_only),
-                                              skip_table_creation=read_only, **heartbeat_kwargs)
+                storage = ReconnectingRDBStorage(parsed.render_as_string(hide_password=False),
+                                                 engine_kwargs=_engine_kwargs(parsed, read_only),
+                                                 skip_table_creation=read_only, **heartbeat_kwargs)
+            if parsed.get_backend_name() == "sqlite" and not read_only:
+                _begin_immediate(storage.engine)
+            return storage
         except (OperationalError, optuna.exceptions.StorageInternalError) as e:
             # Locked: another process is creating the schema. Disconnect: the server dropped the connection.
             if is_transient(e) and attempt + 1 < OPEN_RETRIES:
@@ -242,6 +246,17 @@ def interrupts_between_storage_calls(*signals: int) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _held.pending = None
+
+
+def _begin_immediate(engine: sqlalchemy.Engine) -> None:
+    """Each SQLite transaction takes the write lock as it begins (SQLAlchemy's documented recipe). Why:
+    Python's sqlite3 begins a transaction only at the first write, so optuna's "is this queued trial still
+    WAITING? then mark it RUNNING" is not atomic there, and two workers popped the same queued trial and
+    both ran it, one then dying with "Cannot tell a COMPLETE trial"
+    (tests/hpo/test_study_cli.py::test_parallel_workers_share_one_storage[sqlite]). PostgreSQL locks the row."""
+    sqlalchemy.event.listen(engine, "connect", lambda dbapi_conn, record: setattr(dbapi_conn, "isolation_level", None))
+    sqlalchemy.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+    engine.dispose()  # connections opened for the schema check reconnect with the setting
 
 
 def _sqlite_file(url: URL) -> bool:

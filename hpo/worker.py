@@ -230,8 +230,9 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
 
 
 def _lost(study: optuna.Study, number: int) -> bool:
-    trial = study.get_trials(deepcopy=False)[number]
-    return trial.state == TrialState.FAIL and "fail_reason" not in trial.user_attrs
+    """Failed by another worker's stale-heartbeat check: optuna's tell then finds it finished, whether the
+    objective noticed first (its own writes failed) or not (tell raced the check)."""
+    return study.get_trials(deepcopy=False)[number].state == TrialState.FAIL
 
 
 class BudgetGuard:
