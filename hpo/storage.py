@@ -158,8 +158,9 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     """RDBStorage whose calls survive one connection dying under them, and are not cut by Ctrl-C.
 
     Ours because optuna's behaviour loses data: pool_pre_ping only replaces connections that died while idle;
-    one that dies during a call fails it, and with it the trial (tests/hpo/test_distributed.py::
-    test_worker_survives_its_database_connections_being_dropped). Each call is one transaction, rolled back by
+    one that dies during a call fails it, and with it the trial or the worker (without this class,
+    tests/hpo/test_distributed.py::test_worker_survives_its_database_connections_being_dropped fails: "error:
+    unexpected StorageInternalError: An exception is raised during the commit"). Each call is one transaction, rolled back by
     the failure, so running it again on a fresh connection is safe. A heartbeat that fails is skipped (the next
     comes within `heartbeat_interval`), so the heartbeat thread never dies and leaves a live trial to look dead.
     """
