@@ -4,8 +4,9 @@ optuna's `RDBStorage` does the work: `pool_pre_ping` replaces connections the se
 heartbeat with `RetryHeartbeatStaleTrialCallback` fails and re-queues a dead worker's trial. Durable: every
 commit waits for the disk (optuna's and the databases' defaults). Added here:
 - one-line `StorageError`s for malformed, unreachable, corrupt or read-only-refused URLs (password hidden);
-- SQLite: a busy timeout and WAL (readers never block the writer); opening retries while another process
-  creates the schema;
+- SQLite: a busy timeout, WAL (readers never block the writer) and transactions that take the write lock as
+  they begin (`_begin_immediate`); opening retries while another process creates the schema, and refuses a
+  corrupt file;
 - `read_only=True` (status, best, list, verify, report): SQLite opens with `mode=ro` and PostgreSQL sessions
   are read-only, so inspecting a database never changes it;
 - one retry of a storage call on a connection that died under it (`ReconnectingRDBStorage`).
