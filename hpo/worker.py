@@ -156,7 +156,8 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     runner = TrialRunner(Objective(spec, splits, run_opts), artifact_dir)
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
-        run_trials(study, runner, guard, [Progress(budget, opts.out or sys.stdout), guard], w.heartbeat_interval)
+        run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
+                   w.heartbeat_interval)
     return runner.ran
 
 
@@ -186,6 +187,10 @@ class TrialRunner:
             if state is not None:
                 self._annotate(trial, state, value)
 
+    def told(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """optimize callback: the trial is recorded, so nothing is left to re-queue or to drop."""
+        self.current = None
+
     def _annotate(self, trial: optuna.Trial, state: TrialState, value: float | None) -> None:
         """Notes are a convenience: failing to write one never fails the trial."""
         try:
@@ -205,7 +210,6 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
         if step is Step.WAIT:
             time.sleep(poll_s)
             continue
-        runner.current = None
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt:

@@ -91,7 +91,8 @@ def test_six_workers_two_killed_end_with_n_to_n_plus_5_trials(tmp_path, tiny_cif
                    if t.state == TrialState.RUNNING and len(t.user_attrs.get("curve", [])) == 1}
         return dict(list(running.items())[:2]) if len(running) >= 2 else None
 
-    victims = wait_for(two_running_workers, proc, "two workers had a trial running")
+    # Six spawned torch processes take minutes to start on a loaded 2-core machine.
+    victims = wait_for(two_running_workers, proc, "two workers had a trial running", timeout_s=300)
     for pid in victims:
         os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=120)
