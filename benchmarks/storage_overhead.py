@@ -12,10 +12,9 @@ What is timed in every worker process, on its main thread, as exclusive ("self")
   optuna    optuna's API: ask, tell, suggest_*, report, should_prune, set_user_attr, set_constraint, get_trials,
             study user_attrs, fail_stale_trials (Python, sampler, pruner; their database calls excluded)
   storage   every database call (hpo.storage.ReconnectingRDBStorage) made on the main thread
-  lock      taking and releasing the per-study trial-slot lock, waiting for it included
-  notes     each finished trial's dashboard note and learning curve (database calls excluded)
+  notes     each finished trial's dashboard note and per-epoch table (database calls excluded)
   progress  each finished trial's progress line (database calls excluded)
-overhead = optuna + storage + lock + notes + progress. Heartbeats are written by a background thread, off the
+overhead = optuna + storage + notes + progress. Heartbeats are written by a background thread, off the
 trial's critical path; their database time is reported apart. Idle time (a worker waiting for the others'
 last trials) is not overhead and not counted.
 
@@ -52,7 +51,7 @@ from hpo.storage import RETRIED_CALLS, open_storage  # noqa: E402
 from hpo.studyfile import spec_from_dict  # noqa: E402
 from hpo.worker import WorkerOptions, begin_run  # noqa: E402
 
-OVERHEAD = ("optuna", "storage", "lock", "notes", "progress")
+OVERHEAD = ("optuna", "storage", "notes", "progress")
 GOAL_PCT = 1.0
 DEFAULT_POSTGRES = os.environ.get("HPO_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
@@ -114,9 +113,7 @@ def instrument(meter: Meter) -> None:
     for name in (*RETRIED_CALLS, "record_heartbeat"):
         if name in vars(hpo.storage.ReconnectingRDBStorage) or hasattr(optuna.storages.RDBStorage, name):
             patch(hpo.storage.ReconnectingRDBStorage, name, "storage")
-    patch(hpo.storage.TrialSlotLock, "acquire", "lock")
-    patch(hpo.storage.TrialSlotLock, "release", "lock")
-    patch(hpo.worker.Annotator, "__call__", "notes")
+    patch(hpo.worker.TrialRunner, "_annotate", "notes")
     patch(hpo.worker.Progress, "__call__", "progress")
 
 
@@ -179,7 +176,7 @@ def summarise(parts: list[dict], backend: str, workers: int, wall: float, epochs
         "per_trial_s": {c: round(v / trials, 4) for c, v in total.items()},
         "overhead_per_trial_s": round(overhead / trials, 4),
         "overhead_pct_of_train": round(100 * overhead / total["train"], 2),
-        # report/should_prune/curve attrs happen once per epoch; ask/tell/notes/lock once per trial.
+        # report/should_prune/curve attrs happen once per epoch; ask/tell/notes once per trial.
         "overhead_per_epoch_s": round(in_train / trials / epochs, 4),
         "overhead_fixed_per_trial_s": round((overhead - in_train) / trials, 4),
         "database_calls_per_trial": round(calls / trials, 1),

@@ -200,6 +200,19 @@ def _reject_unknown(section: str, d: dict[str, Any], cls: type) -> None:
         raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
+def read_toml(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing, unreadable or malformed file raises `error` with one line."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise error(f"{what} not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path}: TOML syntax error: {e}") from None
+    except OSError as e:  # a folder, no permission
+        raise error(f"{path}: cannot read the {what}: {e.strerror}") from None
+
+
 def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
     """A run TOML: TrainConfig fields at the top level, a [model] table and an optional [data] table."""
     path = Path(path)

@@ -4,13 +4,13 @@ a resumable checkpoint. `hpo train` and the benchmarks call this."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
 
 from cifarnet.config import DataConfig, TrainConfig, to_toml
 from cifarnet.data import load_cifar10, make_splits
+from cifarnet.files import write_atomic
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
 from cifarnet.redact import hide_passwords
@@ -52,16 +52,11 @@ def write_text_atomic(text: str, path: Path) -> None:
     """Write a temporary file beside `path`, then rename: readers and crashes never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    write_text_atomic(json.dumps(obj, indent=2) + "\n", path)
+    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def train_to_dir(

@@ -24,6 +24,7 @@ from cifarnet.augment import AlbumentationsDataset, TorchAugment, normalize, see
 from cifarnet.config import TrainConfig
 from cifarnet.data import ImageSet, Splits
 from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
+from cifarnet.files import write_atomic
 from cifarnet.fused import fuse_relu_batchnorm, keep_freed_memory
 from cifarnet.model import build_model
 from cifarnet.tta import tta_logp
@@ -50,10 +51,6 @@ class TrainResult:
     model: nn.Module  # the evaluated weights (the EMA when enabled)
     stopped_early: bool  # `report` asked to stop before cfg.epochs
     extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def last(self) -> dict[str, Any]:
-        return self.history[-1] if self.history else {}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -242,11 +239,7 @@ def evaluate(
 
 def save_atomic(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

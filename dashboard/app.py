@@ -10,7 +10,6 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-import tomllib
 from dataclasses import dataclass, fields
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -22,6 +21,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
+from cifarnet.config import read_toml
 from dashboard.studies import resolve_target
 from hpo.paths import resolve_artifact_dir
 from hpo.storage import open_existing_storage
@@ -52,7 +52,7 @@ class DashboardConfig:
     def build(cls, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML) -> "DashboardConfig":
         """Each field from `cli` (None = not given), else the TOML's [optuna_dashboard] table, else the default."""
         names = {f.name for f in fields(cls)}
-        table = _read_toml(toml_path).get("optuna_dashboard", {}) if toml_path else {}
+        table = read_toml(toml_path, HPOError, "dashboard config").get("optuna_dashboard", {}) if toml_path else {}
         unknown = sorted((set(cli) | set(table)) - names)
         if unknown:
             raise HPOError(f"dashboard config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")
@@ -63,15 +63,6 @@ class DashboardConfig:
                 raise HPOError(f"dashboard config: allowed_hosts must be a list of host names, got {hosts!r}")
             values["allowed_hosts"] = tuple(hosts)
         return cls(**{k: v for k, v in values.items() if v is not None})
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise HPOError(f"dashboard config not found: {path}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise HPOError(f"{path}: TOML syntax error: {e}") from None
 
 
 class StudyArtifactStore:

@@ -26,14 +26,6 @@ from hpo.study import load_study, seed_baseline
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
 MIN_TRIALS_FOR_IMPORTANCE = 4
 BASELINE_MARKER = dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))
-STATE_STYLE = {  # how each kind of trial is drawn in the curve chart: (colour, dash, legend label)
-    TrialState.COMPLETE: ("rgba(31,119,180,0.7)", "solid", "complete"),
-    TrialState.PRUNED: ("rgba(150,150,150,0.8)", "dot", "pruned (x = pruned here)"),
-    TrialState.FAIL: ("rgba(214,39,40,0.8)", "dash", "failed"),
-    TrialState.RUNNING: ("rgba(44,160,44,0.8)", "solid", "running"),
-}
-
-
 @dataclass(frozen=True)
 class Section:
     key: str  # HTML id of the section, stable for links and tests
@@ -59,7 +51,7 @@ def write_report(study: optuna.Study, path: str | Path) -> Path:
 def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
     """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
     target = resolve_target(study, storage)
-    loaded = load_study(target.storage, target.study_name or str(study))
+    loaded = load_study(target.storage, target.study_name or str(study), read_only=True)
     return write_report(loaded, out)
 
 
@@ -86,32 +78,24 @@ def history_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
 
 
 def curves_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
-    fig = go.Figure()
-    shown: set[str] = set()
-    for t in trials:
-        if not t.intermediate_values:
-            continue
-        colour, dash, label = STATE_STYLE.get(t.state, STATE_STYLE[TrialState.RUNNING])
-        steps = sorted(t.intermediate_values)
-        values = [t.intermediate_values[s] for s in steps]
-        is_base = bool(t.user_attrs.get("seed_baseline"))
-        name = "seed baseline (original CifarNet)" if is_base else label
-        fig.add_trace(go.Scatter(
-            x=steps, y=values, mode="lines+markers", name=name, legendgroup=name, showlegend=name not in shown,
-            line=dict(color="goldenrod" if is_base else colour, dash=dash, width=4 if is_base else 1.5),
-            marker=dict(size=5), hovertext=f"trial {t.number} ({t.state.name.lower()})", hoverinfo="text+x+y"))
-        shown.add(name)
-        if t.state == TrialState.PRUNED:
-            fig.add_trace(go.Scatter(x=[steps[-1]], y=[values[-1]], mode="markers", showlegend=False,
-                                     legendgroup=name, marker=dict(symbol="x", size=11, color="crimson"),
-                                     hovertext=f"trial {t.number} pruned at epoch {steps[-1]}", hoverinfo="text"))
-    if not fig.data:
+    """optuna's intermediate-value plot, with the baseline drawn bold and a red x where a trial was pruned."""
+    if not any(t.intermediate_values for t in trials):
         return Section("curves", "Validation accuracy per epoch", None, "No trial has reported an epoch yet.")
+    fig = optuna.visualization.plot_intermediate_values(study)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    for t in trials:
+        steps = sorted(t.intermediate_values)
+        if t.user_attrs.get("seed_baseline") and steps:
+            fig.add_scatter(x=steps, y=[t.intermediate_values[s] for s in steps], mode="lines+markers",
+                            name="seed baseline (original CifarNet)", line=dict(color="goldenrod", width=4))
+        if t.state == TrialState.PRUNED and steps:
+            fig.add_scatter(x=[steps[-1]], y=[t.intermediate_values[steps[-1]]], mode="markers", showlegend=False,
+                            marker=dict(symbol="x", size=11, color="crimson"),
+                            hovertext=f"trial {t.number} pruned at epoch {steps[-1]}", hoverinfo="text")
     target = study.user_attrs.get("target_accuracy")
     if target is not None:
         fig.add_hline(y=target, line_dash="dash", line_color="green", annotation_text=f"target {target:.3f}")
-    fig.update_layout(xaxis_title="epoch", yaxis_title="val_acc", xaxis_dtick=1)
-    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    fig.update_layout(title=None, xaxis_title="epoch", yaxis_title="val_acc", xaxis_dtick=1)
     drawn = sum(bool(t.intermediate_values) for t in pruned)
     unseen = f"; {len(pruned) - drawn} were pruned before training (no curve)" if len(pruned) > drawn else ""
     return Section("curves", "Validation accuracy per epoch", fig,

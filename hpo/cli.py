@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         code = 1
     except (KeyboardInterrupt, Interrupted) as e:
         print(str(e) if isinstance(e, Interrupted) else "error: interrupted", file=sys.stderr)
-        code = INTERRUPTED_EXIT
+        code = getattr(e, "exit_code", INTERRUPTED_EXIT)
     except CifarNetError as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1

@@ -1,8 +1,9 @@
 """What must hold in a study's records after any crash of any worker (`hpo study verify`).
 
 `check_consistency(storage, study_name)` returns the problems it finds (empty: consistent). Heartbeat times
-and orphaned rows are not visible through optuna's storage API, so those two checks read the tables of an
-RDB storage (behind the gRPC proxy they are skipped).
+and orphaned rows are not visible through optuna's storage API, so those two checks query optuna's tables
+(`trials`, `trial_heartbeats`, `trial_intermediate_values`) of an RDB storage; behind the gRPC proxy they
+are skipped.
 """
 
 from __future__ import annotations
@@ -18,6 +19,11 @@ from hpo.errors import StorageError, StudyFileError
 from hpo.studyfile import spec_from_dict
 
 REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
+RUNNING_HEARTBEATS = sqlalchemy.text(
+    "SELECT t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t JOIN studies s ON s.study_id = t.study_id "
+    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE s.study_name = :name AND t.state = 'RUNNING'")
+ORPHAN_VALUES = sqlalchemy.text("SELECT count(*) FROM trial_intermediate_values v "
+                                "WHERE NOT EXISTS (SELECT 1 FROM trials t WHERE t.trial_id = v.trial_id)")
 
 
 def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
@@ -50,7 +56,8 @@ def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
         if t.state == TrialState.COMPLETE and t.value is None:
             problems.append(f"trial {t.number}: COMPLETE without a value")
     problems += _check_retries(trials)
-    problems += _check_rows(storage, study, grace_period)
+    if isinstance(storage, optuna.storages.RDBStorage):  # behind the gRPC proxy the tables are out of reach
+        problems += _check_rows(storage.engine, study_name, grace_period)
     return problems
 
 
@@ -74,30 +81,26 @@ def _check_retries(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     return problems
 
 
-def _check_rows(storage: optuna.storages.BaseStorage, study: optuna.Study, grace_period: float | None) -> list[str]:
-    """Heartbeats and orphan rows: not visible through the storage API, so read from the tables."""
-    rdb = getattr(storage, "_backend", storage)  # optuna wraps RDBStorage in a cache
-    if not isinstance(rdb, optuna.storages.RDBStorage):
-        return []  # the gRPC proxy: the tables are behind the proxy
-    # optuna's ORM models are the schema's one definition (the storage API exposes no heartbeat times).
-    from optuna.storages._rdb.models import TrialHeartbeatModel, TrialIntermediateValueModel, TrialModel
-
+def _check_rows(engine: sqlalchemy.Engine, study_name: str, grace_period: float | None) -> list[str]:
+    with engine.connect() as conn:
+        running = conn.execute(RUNNING_HEARTBEATS, {"name": study_name}).all()
+        orphans = conn.execute(ORPHAN_VALUES).scalar()
     problems = []
-    with sqlalchemy.orm.Session(rdb.engine) as session:
-        now = session.execute(sqlalchemy.select(sqlalchemy.func.now())).scalar().replace(tzinfo=None)
-        running = session.execute(
-            sqlalchemy.select(TrialModel.number, TrialHeartbeatModel.heartbeat)
-            .outerjoin(TrialHeartbeatModel, TrialHeartbeatModel.trial_id == TrialModel.trial_id)
-            .where(TrialModel.study_id == study._study_id, TrialModel.state == TrialState.RUNNING)).all()
-        orphans = session.execute(
-            sqlalchemy.select(sqlalchemy.func.count()).select_from(TrialIntermediateValueModel)
-            .outerjoin(TrialModel, TrialModel.trial_id == TrialIntermediateValueModel.trial_id)
-            .where(TrialModel.trial_id.is_(None))).scalar()
-    for number, beat in running:
-        age = (now - beat.replace(tzinfo=None)).total_seconds() if beat is not None else None
+    for number, beat, now in running:
+        # optuna stores the database's own CURRENT_TIMESTAMP (UTC); SQLite returns both as text.
+        beat, now = (_timestamp(v) for v in (beat, now))
+        age = (now - beat).total_seconds() if beat is not None else None
         if age is None or (grace_period is not None and age > grace_period):
             what = "no heartbeat" if age is None else f"a heartbeat {age:.0f} s old (grace period {grace_period} s)"
             problems.append(f"trial {number} is RUNNING with {what}")
     if orphans:
         problems.append(f"{orphans} intermediate value(s) belong to no trial")
     return problems
+
+
+def _timestamp(value: Any) -> Any:
+    from datetime import datetime
+
+    if value is None:
+        return None
+    return (datetime.fromisoformat(value) if isinstance(value, str) else value).replace(tzinfo=None)

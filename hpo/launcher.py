@@ -1,7 +1,8 @@
 """Local worker processes: one per device slot (`hpo worker --devices 0,1 --trials-per-device 2`, or
 `hpo study start --workers K` on one device), started with spawn, stopped cleanly on Ctrl-C.
 
-A child reports expected errors as one line (like hpo.cli.main) and exits 1; 130 when interrupted.
+A child reports expected errors as one line (like hpo.cli.main) and exits 1; 130 when interrupted, 143
+when terminated.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from cifarnet.errors import CifarNetError
 from cifarnet.train import resolve_device
 from hpo.errors import HPOError
 
-FORWARD_INTERRUPT_S = 2.0  # a terminal's Ctrl-C reaches every child; after this, the ones still alive get SIGINT
+FORWARD_INTERRUPT_S = 2.0  # a terminal's Ctrl-C reaches every child; after this, the ones still alive get it
 CHILD_STOP_S = 30.0  # an interrupted child records its trial as failed within this, else it is terminated
 
 
@@ -64,8 +65,8 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
     try:
         for p in procs:
             p.join()
-    except KeyboardInterrupt:
-        _interrupt(procs)
+    except KeyboardInterrupt as e:
+        _interrupt(procs, getattr(e, "signum", signal.SIGINT))
         raise
     failed = [_describe_exit(p) for p in procs if p.exitcode]
     if failed:
@@ -80,8 +81,8 @@ def _child(target: Callable[..., Any], job: tuple, index: int) -> None:
     except CifarNetError as e:
         print(f"error: worker {index}: {e}", file=sys.stderr)
         sys.exit(1)
-    except KeyboardInterrupt:
-        sys.exit(130)
+    except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too
+        sys.exit(getattr(e, "exit_code", 130))
     except Exception as e:
         if os.environ.get("HPO_DEBUG"):
             raise
@@ -90,16 +91,16 @@ def _child(target: Callable[..., Any], job: tuple, index: int) -> None:
         sys.exit(1)
 
 
-def _interrupt(procs: list[multiprocessing.Process]) -> None:
-    """Ctrl-C in a terminal reaches the whole process group; `kill -INT` reaches the parent alone. Give the
-    children time to stop on their own, then forward the interrupt once (a second one could cut short the
+def _interrupt(procs: list[multiprocessing.Process], signum: int) -> None:
+    """Ctrl-C in a terminal reaches the whole process group; `kill -INT` or `kill -TERM` the parent alone. Give
+    the children time to stop on their own, then forward the signal once (a second one could cut short the
     write that records their trial as failed), then terminate what is left."""
     deadline = time.monotonic() + FORWARD_INTERRUPT_S
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))
     for p in procs:
         if p.is_alive():
-            os.kill(p.pid, signal.SIGINT)
+            os.kill(p.pid, signum)
     for p in procs:
         p.join(timeout=CHILD_STOP_S)
         if p.is_alive():
@@ -111,4 +112,4 @@ def _describe_exit(p: multiprocessing.Process) -> str:
     code = p.exitcode
     if code is not None and code < 0:
         return f"{p.name} killed by {signal.Signals(-code).name}"
-    return f"{p.name} interrupted" if code == 130 else f"{p.name} (exit code {code})"
+    return f"{p.name} interrupted" if code in (130, 143) else f"{p.name} (exit code {code})"

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.files import write_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
 from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
@@ -37,6 +37,7 @@ from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
 from hpo.paths import locate_study, resolve_artifact_dir, stored_artifact_dir
 from hpo.retrains import new_record_key, retrain_records
+from hpo.plots import learning_curve_figure
 from hpo.space import suggest_config
 from hpo.study import load_study
 from hpo.studyfile import StudySpec, spec_from_dict
@@ -319,30 +320,19 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
     columns = list(dict.fromkeys(k for h in history for k in h))  # first-seen order, epoch first
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
-    os.replace(tmp, path)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(history)
+    write_atomic(path, write)
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path, *, target: float, title: str) -> None:
     """Accuracy and loss per epoch as one self-contained HTML file (plotly.js inlined: works offline)."""
-    from plotly.subplots import make_subplots  # plotly is only needed here
-
-    epochs = [h["epoch"] for h in history]
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("accuracy", "loss"))
-    for col, metric in ((1, "acc"), (2, "loss")):
-        for split, dash in (("train", "dot"), ("test", "solid")):
-            fig.add_scatter(x=epochs, y=[h[f"{split}_{metric}"] for h in history], name=f"{split}_{metric}",
-                            mode="lines+markers", line={"dash": dash}, row=1, col=col)
-    fig.add_hline(y=target, line_dash="dash", annotation_text=f"target {target:g}", row=1, col=1)
-    fig.update_xaxes(title_text="epoch")
-    fig.update_layout(title={"text": title, "font": {"size": 13}}, template="plotly_white")
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fig.write_html(tmp, include_plotlyjs=True, full_html=True)
-    os.replace(tmp, path)
+    write_atomic(path, lambda tmp: learning_curve_figure(history, target, title).write_html(
+        tmp, include_plotlyjs=True, full_html=True))
 
 
 def upload_run(plan: RetrainPlan) -> dict[str, str]:

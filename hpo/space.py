@@ -61,9 +61,6 @@ ORIGINAL_PARAMS: dict[str, Any] = {
 class SearchSpace:
     params: dict[str, Dist]  # name (a PARAM_KINDS key) -> distribution; unsearched values come from the base
 
-    def __hash__(self) -> int:  # dict field; identity is fine for a frozen value used as a config
-        return id(self)
-
 
 def parse_space(raw: dict[str, Any], where: str = "space") -> SearchSpace:
     """[space] table -> SearchSpace, with one clear error per bad field."""
@@ -149,17 +146,3 @@ def seed_params(space: SearchSpace, base: TrainConfig) -> dict[str, Any]:
                    "dilation": base.model.dilation, "residual": base.model.residual,
                    "depthwise": base.model.depthwise}
     return {name: ORIGINAL_PARAMS.get(name, base_values.get(name)) for name in space.params}
-
-
-def contains(space: SearchSpace, params: dict[str, Any]) -> list[str]:
-    """Names of `params` whose value lies outside the space (empty when all fit)."""
-    outside = []
-    for name, value in params.items():
-        dist = space.params[name]
-        if isinstance(dist, Choice):
-            ok = value in dist.choices
-        else:
-            ok = dist.low <= value <= dist.high
-        if not ok:
-            outside.append(name)
-    return outside

@@ -171,8 +171,8 @@ def with_lock_retry(fn):
     raise AssertionError("unreachable")
 
 
-def load_study(storage_url: str, name: str) -> optuna.Study:
-    storage = open_existing_storage(storage_url)
+def load_study(storage_url: str, name: str, read_only: bool = False) -> optuna.Study:
+    storage = open_existing_storage(storage_url, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
@@ -201,7 +201,7 @@ class StudyRow:
 
 
 def list_studies(storage_url: str) -> list[StudyRow]:
-    storage = open_existing_storage(storage_url)  # a mistyped path must not leave an empty hpo.db behind
+    storage = open_existing_storage(storage_url, read_only=True)  # a mistyped path must not leave an empty hpo.db
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # summaries of studies other tools created may warn
         summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
@@ -236,7 +236,7 @@ class StudyStatus:
 
 
 def study_status(storage_url: str, name: str) -> StudyStatus:
-    study = load_study(storage_url, name)
+    study = load_study(storage_url, name, read_only=True)
     trials = study.get_trials(deepcopy=False)
     best = best_completed(trials)
     attrs = study.user_attrs
@@ -257,7 +257,7 @@ def fail_reason(trial: FrozenTrial) -> str:
 
 def best_trial_record(storage_url: str, name: str) -> dict[str, Any]:
     """The best completed trial as a JSON-ready dict (`hpo study best`)."""
-    study = load_study(storage_url, name)
+    study = load_study(storage_url, name, read_only=True)
     best = best_completed(study.get_trials(deepcopy=False))
     if best is None:
         raise HPOError(f"study {name!r} has no completed trial yet")

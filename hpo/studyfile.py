@@ -115,9 +115,6 @@ class StudySpec:
     artifact_dir: str = ""  # absolute folder of the optuna artifact store
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied, storage password removed
 
-    def __hash__(self) -> int:  # dict fields; identity is fine for a frozen value used as a config
-        return id(self)
-
 
 def load_study_file(path: str | Path, storage: str | None = None, n_trials: int | None = None,
                     timeout: float | None = None) -> StudySpec:

@@ -1,16 +1,15 @@
 """Running a study: `start_study` (create/resume, then K local worker processes), `join_study` (`hpo worker`:
-join from any process or machine, one process per device slot) and `run_worker` (one process's trial loop).
+join from any process or machine, one process per device slot) and `run_worker` (one process's trials).
 
-Workers share one storage (optuna's distributed mode) and coordinate only through it:
-- the run budget ("run_budget" study user_attr: first trial number, trials, deadline) set by `start_study`;
-  a per-study lock (hpo.storage.TrialSlotLock) around "budget left? then create the trial" makes it exact;
-- the stop flag ("stop_requested"), raised when a trial reaches the target with stop_on_target;
-- heartbeats: a trial whose worker died is failed and re-queued by the next worker that looks. A worker
-  whose budget is spent waits while trials of the run are still running elsewhere: one may yet die and
-  need re-running.
-Each worker prints one line per finished trial (done/pruned/failed, best so far, ETA) and is quiet otherwise.
-Ctrl-C marks the running trial failed (fail_reason "interrupted") and re-queues it, then raises
-KeyboardInterrupt; the CLI prints one line and exits 130.
+Workers share one storage (optuna's distributed mode) and coordinate only through it; each runs
+`study.optimize` with `catch=` for trial errors and two callbacks: a progress line per finished trial, and
+`BudgetGuard`, which stops optimize once the run's budget ("run_budget" study user_attr, set by
+`start_study`) is spent, its deadline passed or the stop flag raised. Like optuna's MaxTrialsCallback there is
+no lock: K workers may run up to K - 1 trials beyond the budget. optuna's heartbeat fails a dead worker's
+trial and `RetryHeartbeatStaleTrialCallback` re-queues it; a worker whose budget is spent waits while trials
+of the run still run elsewhere, as one may yet die and need re-running.
+Ctrl-C or SIGTERM marks the running trial failed (fail_reason "interrupted") and re-queues it, then raises
+`Interrupted`; the CLI prints one line and exits 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ import dataclasses
 import enum
 import logging
 import os
+import signal
 import sys
 import time
 import warnings
@@ -33,13 +33,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
 from cifarnet.train import RunOptions
-from dashboard.notes import annotate_trial
-from hpo.errors import HPOError
+from hpo.errors import HPOError, first_line
 from hpo.launcher import check_device, run_processes
+from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import resolve_artifact_dir
-from hpo.storage import (Heartbeat, TrialSlotLock, display_url, heartbeat_enabled, interrupts_between_storage_calls,
-                         is_transient, open_storage)
+from hpo.storage import Heartbeat, display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
+    open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -131,7 +131,8 @@ def _run_slots(spec: StudySpec, opts: WorkerOptions, seeded: bool) -> None:
     # Each child prints to the inherited stdout; `workers` sizes its share of the cores.
     jobs = [(spec, dataclasses.replace(opts, device=device, devices=(), workers=len(slots), out=None),
              i if seeded else None) for i, device in enumerate(slots)]
-    run_processes(run_worker, jobs)
+    with interrupts_between_storage_calls(signal.SIGTERM):  # SIGTERM stops the children like Ctrl-C
+        run_processes(run_worker, jobs)
 
 
 def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> int:
@@ -152,79 +153,132 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     budget = _stored_budget(study, spec)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
-    callbacks = [Progress(budget, opts.out or sys.stdout),
-                 Annotator(resolve_artifact_dir(study.user_attrs.get("artifact_dir"), spec.storage) or spec.artifact_dir)]
-    with interrupts_between_storage_calls():  # so a Ctrl-C can always be recorded on the trial
-        return run_trials(study, Objective(spec, splits, run_opts), budget, callbacks,
-                          TrialSlotLock(spec.storage, spec.name), poll_s=w.heartbeat_interval)
+    artifact_dir = Path(resolve_artifact_dir(study.user_attrs.get("artifact_dir"), spec.storage) or spec.artifact_dir)
+    runner = TrialRunner(Objective(spec, splits, run_opts), artifact_dir)
+    guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
+    with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
+        run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
+                   w.heartbeat_interval)
+    return runner.ran
 
 
-def run_trials(study: optuna.Study, objective: Callable[[optuna.Trial], float], budget: RunBudget,
-               callbacks: list[Callable], lock: TrialSlotLock, poll_s: float) -> int:
-    """The worker loop: under the slot lock decide the next step; to run, let optuna create the trial and
-    release the lock as the objective starts (the trial now counts for every other worker)."""
-    running: dict[str, int] = {}
+class TrialRunner:
+    """The objective as optimize calls it: remembers which trial runs (to re-queue it after an interrupt, to
+    name it when it was taken away) and writes the trial's dashboard note as it ends."""
 
-    def start_trial(trial: optuna.Trial) -> float:
-        lock.release()
-        running["number"] = trial.number
-        return objective(trial)
+    def __init__(self, objective: Callable[[optuna.Trial], float], artifact_dir: Path):
+        self.objective, self.artifact_dir = objective, artifact_dir
+        self.current: int | None = None  # number of the trial in progress
+        self.ran = 0
 
-    ran = 0
-    while True:
-        step, pause = Step.WAIT, poll_s
-        running.clear()
+    def __call__(self, trial: optuna.Trial) -> float:
+        self.current, self.ran = trial.number, self.ran + 1
+        state, value = TrialState.FAIL, None
         try:
-            lock.acquire()
-            step = next_step(study, budget)
-            if step is Step.RUN:
-                study.optimize(start_trial, n_trials=1, catch=TRIAL_ERRORS, callbacks=callbacks)
-                ran += 1
-        except KeyboardInterrupt:
-            lock.release()
-            _requeue_after_interrupt(study, running.get("number"))
+            value = self.objective(trial)
+            state = TrialState.COMPLETE
+            return value
+        except optuna.TrialPruned:
+            state = TrialState.PRUNED
             raise
+        except (KeyboardInterrupt, optuna.exceptions.UpdateFinishedTrialError):
+            state = None  # stopping now, or the trial is no longer ours: no note
+            raise
+        finally:
+            if state is not None:
+                self._annotate(trial, state, value)
+
+    def told(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        """optimize callback: the trial is recorded, so nothing is left to re-queue or to drop."""
+        self.current = None
+
+    def _annotate(self, trial: optuna.Trial, state: TrialState, value: float | None) -> None:
+        """Notes are a convenience: failing to write one never fails the trial."""
+        try:
+            self.artifact_dir.mkdir(parents=True, exist_ok=True)
+            annotate_trial(trial, state, value, FileSystemArtifactStore(str(self.artifact_dir)))
+        except Exception as e:
+            _log.warning("warning: trial %d has no dashboard note: %s: %s", trial.number, type(e).__name__,
+                         first_line(e))
+
+
+def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", callbacks: list[Callable],
+               poll_s: float) -> None:
+    """optuna's optimize runs the trials; between its runs this loop waits while the budget is spent but
+    trials of the run may still die elsewhere, and outlives what must not stop a worker: a trial taken from
+    it, a database locked or disconnected for too long."""
+    while (step := guard.next_step(study)) is not Step.STOP:
+        if step is Step.WAIT:
+            time.sleep(poll_s)
+            continue
+        try:
+            study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
+        except KeyboardInterrupt:
+            if runner.current is not None:
+                _requeue_after_interrupt(study, runner.current)
+            raise
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
+            # a lost network) and another one failed and re-queued its trial
+            # (tests/hpo/test_worker_loop.py::test_stalled_worker_drops_its_lost_trial_and_goes_on).
+            if runner.current is None or not _lost(study, runner.current):
+                raise
+            _log.warning("warning: trial %d was failed and re-queued by another worker while this one stalled "
+                         "(no heartbeat for longer than the grace period); dropped it", runner.current)
         except Exception as e:
             if not is_transient(e):
                 raise
-            # The database was locked too long or dropped the connection twice in a row: a trial in flight
-            # was failed with the reason, or (if even that write failed) is left RUNNING for its stale
-            # heartbeat to fail and re-queue. This worker carries on.
+            # A trial in flight was failed with the reason or (if even that write failed) is left RUNNING for
+            # its stale heartbeat to fail and re-queue. This worker carries on.
             _log.warning("warning: storage unavailable (%s); retrying in %.0f s", type(e).__name__, TRANSIENT_PAUSE_S)
-            step, pause = Step.WAIT, TRANSIENT_PAUSE_S
-        finally:
-            lock.release()
-        if step is Step.STOP:
-            return ran
-        if step is Step.WAIT:
-            time.sleep(pause)
+            time.sleep(TRANSIENT_PAUSE_S)
 
 
-def next_step(study: optuna.Study, budget: RunBudget) -> Step:
-    """Run another trial, wait for others' trials to end, or stop; called under the slot lock."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        # A dead worker's RUNNING trial must become FAIL (+ re-queued) before it is counted, or it would
-        # hold its budget slot forever; optimize() does this too, but only once it has decided to run.
-        optuna.storages.fail_stale_trials(study)
-    if stop_requested(study) or (budget.deadline is not None and time.time() >= budget.deadline):
-        return Step.STOP
-    if budget.n_trials is None:
-        return Step.RUN
-    trials = study.get_trials(deepcopy=False)
-    if budget_used(trials, budget) < budget.n_trials:
-        return Step.RUN
-    # Spent, but a trial running elsewhere may yet die and be re-queued; someone must stay to re-run it.
-    # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
-    still_running = any(t.state == TrialState.RUNNING and t.number >= budget.first_trial for t in trials)
-    return Step.WAIT if still_running and heartbeat_enabled(study._storage) else Step.STOP
+def _lost(study: optuna.Study, number: int) -> bool:
+    """Failed by another worker's stale-heartbeat check: optuna's tell then finds it finished, whether the
+    objective noticed first (its own writes failed) or not (tell raced the check)."""
+    return study.get_trials(deepcopy=False)[number].state == TrialState.FAIL
 
 
-def _requeue_after_interrupt(study: optuna.Study, number: int | None) -> None:
+class BudgetGuard:
+    """Whether to run another trial, wait for others' trials to end, or stop; as an optimize callback, stops
+    optimize when the answer is no longer "run".
+
+    Why not optuna's MaxTrialsCallback: it counts trials by state, and two FAIL trials count differently here:
+    one failed by its error (a NaN loss) uses the budget, one whose worker died (or was interrupted) does not,
+    since its re-queued copy will (tests/hpo/test_study.py::test_nan_loss_fails_trial_and_study_goes_on,
+    tests/hpo/test_distributed.py::test_six_workers_two_killed_end_with_n_to_n_plus_5_trials)."""
+
+    def __init__(self, budget: RunBudget, can_wait: bool):
+        self.budget, self.can_wait = budget, can_wait
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        if self.next_step(study) is not Step.RUN:
+            study.stop()
+
+    def next_step(self, study: optuna.Study) -> Step:
+        budget = self.budget
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # A dead worker's RUNNING trial must become FAIL (+ re-queued) before it is counted, or it would
+            # hold its budget slot forever.
+            optuna.storages.fail_stale_trials(study)
+        if stop_requested(study) or (budget.deadline is not None and time.time() >= budget.deadline):
+            return Step.STOP
+        if budget.n_trials is None:
+            return Step.RUN
+        trials = study.get_trials(deepcopy=False)
+        if budget_used(trials, budget) < budget.n_trials:
+            return Step.RUN
+        # Spent, but a trial running elsewhere may yet die and be re-queued; someone must stay to re-run it.
+        # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
+        still_running = any(t.state == TrialState.RUNNING and t.number >= budget.first_trial for t in trials)
+        return Step.WAIT if still_running and self.can_wait else Step.STOP
+
+
+def _requeue_after_interrupt(study: optuna.Study, number: int) -> None:
     """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
     also do it); a database problem here must not hide the interrupt."""
-    if number is None:
-        return
     try:
         requeue_interrupted(study, only=number)
     except Exception as e:
@@ -240,12 +294,16 @@ def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
     return RunBudget(**raw)
 
 
-def budget_used(trials: list[FrozenTrial], budget: RunBudget) -> int:
-    """Trials of this run that count against `n_trials`. A trial failed by a stale heartbeat (no fail_reason)
-    or interrupted does not count: its re-queued copy does, so a crash does not eat into the budget."""
-    return sum(1 for t in trials if t.number >= budget.first_trial and (
+def counts_against_budget(t: FrozenTrial, budget: RunBudget) -> bool:
+    """A trial of this run that uses a slot of `n_trials`. One failed by a stale heartbeat (no fail_reason)
+    or interrupted does not: its re-queued copy does, so a crash does not eat into the budget."""
+    return t.number >= budget.first_trial and (
         t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in (None, INTERRUPTED_REASON))))
+        or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in (None, INTERRUPTED_REASON)))
+
+
+def budget_used(trials: list[FrozenTrial], budget: RunBudget) -> int:
+    return sum(counts_against_budget(t, budget) for t in trials)
 
 
 def _cores() -> int:
@@ -256,15 +314,14 @@ def _cores() -> int:
 
 
 class Progress:
-    """optuna callback: one line per finished trial with the run's counts, best so far and ETA."""
+    """optuna callback: one line per finished trial with what the budget counts, best so far and ETA."""
 
     def __init__(self, budget: RunBudget, out: TextIO, clock: Callable[[], float] = time.time):
         self.budget, self.out, self.clock = budget, out, clock
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        mine = [t for t in trials if t.number >= self.budget.first_trial]
-        done = [t for t in mine if t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)]
+        done = [t for t in trials if t.state.is_finished() and counts_against_budget(t, self.budget)]
         n = {s: sum(t.state == s for t in done) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
         total = f"/{self.budget.n_trials}" if self.budget.n_trials else ""
         best = best_completed(trials)
@@ -284,33 +341,18 @@ class Progress:
         return _duration(min(left)) if left else "?"
 
 
-class Annotator:
-    """optuna callback: every finished trial gets its Markdown note and learning-curve artifacts in
-    optuna-dashboard (dashboard.notes). Notes are a convenience: failing to write one never fails the study."""
-
-    def __init__(self, artifact_dir: str):
-        self.artifact_dir = Path(artifact_dir)
-
-    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        try:
-            self.artifact_dir.mkdir(parents=True, exist_ok=True)
-            annotate_trial(study, trial, artifact_store=FileSystemArtifactStore(str(self.artifact_dir)))
-        except Exception as e:
-            text = (str(e).strip().splitlines() or [""])[0]
-            _log.warning("warning: trial %d has no dashboard note: %s: %s", trial.number, type(e).__name__, text)
-
-
 def describe_trial(trial: FrozenTrial) -> str:
     secs = f"{trial.duration.total_seconds():.1f}s" if trial.duration else ""
-    attrs = trial.user_attrs
+    attrs, history = trial.user_attrs, trial.system_attrs.get("retry_history")
+    name = f"trial {trial.number}" + (f" (re-run of trial {history[-1]})" if history else "")
     if trial.state == TrialState.COMPLETE:
-        return f"trial {trial.number} complete: val_acc {trial.value:.4f} in {secs}"
+        return f"{name} complete: val_acc {trial.value:.4f} in {secs}"
     if trial.state == TrialState.PRUNED and "fail_reason" in attrs:
-        return f"trial {trial.number} pruned: {attrs['fail_reason']}"
+        return f"{name} pruned: {attrs['fail_reason']}"
     if trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(attrs.get("pruned_at_epoch", -1), float("nan"))
-        return f"trial {trial.number} pruned at epoch {attrs.get('pruned_at_epoch', '?')} (val_acc {last:.4f})"
-    return f"trial {trial.number} failed: {attrs.get('fail_reason', 'unknown error')}"
+        return f"{name} pruned at epoch {attrs.get('pruned_at_epoch', '?')} (val_acc {last:.4f})"
+    return f"{name} failed: {attrs.get('fail_reason', 'unknown error')}"
 
 
 def _duration(seconds: float) -> str:
@@ -318,4 +360,3 @@ def _duration(seconds: float) -> str:
     if seconds >= 3600:
         return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
     return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
-

@@ -16,7 +16,12 @@ INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
 
 class Interrupted(Exception):
-    """Raised by a command that handled Ctrl-C itself; hpo.cli.main prints its one line and exits 130."""
+    """Raised by a command that handled Ctrl-C (or SIGTERM) itself; hpo.cli.main prints its one line and exits
+    with `exit_code` (130 for Ctrl-C, 143 for SIGTERM)."""
+
+    def __init__(self, message: str, exit_code: int = 130):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def interrupted_message(run_dir: Path) -> str:

@@ -92,17 +92,16 @@ def _finished(status: Any) -> int:
 def _warn_if_proxy(url: str) -> None:
     if url.startswith("grpc://"):
         typer.echo("warning: through the gRPC storage proxy optuna keeps no heartbeats (a killed worker's trial "
-                   "stays RUNNING, never re-run) and the trial-slot lock is off (K workers may run up to K - 1 "
-                   "extra trials)", err=True)
+                   "stays RUNNING, never re-run)", err=True)
 
 
 def _interruptible(run: Callable[[], T]) -> T:
     """Ctrl-C: the worker(s) marked the running trial failed and re-queued it; say so in one line."""
     try:
         return run()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too (exit 143)
         raise Interrupted("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
-                          "again; run the same command to resume") from None
+                          "again; run the same command to resume", exit_code=getattr(e, "exit_code", 130)) from None
 
 
 @app.command("check")
@@ -184,7 +183,7 @@ def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
     from hpo.storage import open_existing_storage
 
     name, url = study_target(name, storage)
-    problems = check_consistency(open_existing_storage(url), name)
+    problems = check_consistency(open_existing_storage(url, read_only=True), name)
     if problems:
         raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
     typer.echo(f"study {name}: consistent")

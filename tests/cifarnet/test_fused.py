@@ -15,6 +15,13 @@ from cifarnet.fused import ReLUBatchNorm2d, fuse_relu_batchnorm
 from cifarnet.model import build_model, count_params
 
 
+@pytest.fixture(autouse=True)
+def fused_kernel(monkeypatch):
+    """The kernel is opt-in (CIFARNET_FUSED=1); these tests opt in, and check it really was built."""
+    monkeypatch.setenv("CIFARNET_FUSED", "1")
+    monkeypatch.setattr(fused, "_lib_tried", False)
+    assert fused.kernel() is not None
+
 
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-12)).item()
@@ -91,17 +98,20 @@ def test_fusing_keeps_parameters_keys_and_results():
     build_model(ModelConfig()).load_state_dict(model.state_dict())  # a checkpoint loads into the plain model
 
 
-def test_switched_off_by_environment():
+def test_off_by_default_and_switched_off_by_environment():
     code = "from cifarnet import fused; print(fused.kernel() is None)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         env={**os.environ, "CIFARNET_FUSED": "0"})
-    assert out.stdout.strip() == "True"
+    env = {k: v for k, v in os.environ.items() if k != "CIFARNET_FUSED"}
+    for extra in ({}, {"CIFARNET_FUSED": "0"}):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                             env={**env, **extra})
+        assert out.stdout.strip() == "True"
 
 
 def test_no_compiler_warns_once_and_uses_native_ops(tmp_path):
     code = ("import logging, torch; logging.basicConfig(); from cifarnet import fused; "
             "print(fused.kernel() is None); print(fused.kernel() is None)")
-    env = {**os.environ, "CC": "no-such-compiler", "PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path)}
+    env = {**os.environ, "CC": "no-such-compiler", "PATH": str(tmp_path), "XDG_CACHE_HOME": str(tmp_path),
+           "CIFARNET_FUSED": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split() == ["True", "True"]
     assert out.stderr.count("fused ReLU+BatchNorm kernel unavailable, using the native ops") == 1

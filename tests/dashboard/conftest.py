@@ -1,6 +1,6 @@
 """A real study on a real SQLite file for the dashboard tests: `hpo study start studies/smoke.toml` on the tiny
-CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated with
-notes and learning-curve artifacts, and a real `hpo retrain` of the best trial."""
+CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated by
+the workers with notes and per-epoch tables, and a real `hpo retrain` of the best trial."""
 
 from __future__ import annotations
 

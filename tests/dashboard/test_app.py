@@ -94,10 +94,10 @@ def test_dashboard_serves_study_trials_notes_and_artifacts_then_stops(demo_study
         assert {t["state"] for t in detail["trials"]} == {"Complete", "Pruned"}
         assert all(t["note"]["body"].startswith(f"## Trial {t['number']}:") for t in detail["trials"])
         trial = next(t for t in detail["trials"] if t["artifacts"])
-        art = next(a for a in trial["artifacts"] if a["filename"] == "learning_curve.svg")
+        art = next(a for a in trial["artifacts"] if a["filename"] == "curve.csv")
         url = f"{dash.url}/artifacts/{trial['study_id']}/{trial['trial_id']}/{art['artifact_id']}"
         with urllib.request.urlopen(url) as r:
-            assert r.headers["Content-Type"] == "image/svg+xml"
+            assert r.headers["Content-Type"] == "text/csv"
             assert r.read() == (demo_study.artifact_dir / art["artifact_id"]).read_bytes()
         # Study-level artifacts: what `hpo retrain` uploaded (weights, metrics, its curve).
         retrain = {a["filename"]: a["artifact_id"] for a in detail["artifacts"]}

@@ -3,6 +3,7 @@ the installed CLI."""
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -54,3 +55,43 @@ def test_cli_bad_storage_url_one_line_exit_1(tmp_path, tiny_cifar, args):
     assert r.returncode == 1 and not r.stdout
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "storage" in r.stderr
+
+
+READ_ONLY_COMMANDS = [["study", "list"], ["study", "status", "s"], ["study", "best", "s"], ["study", "verify", "s"],
+                      ["report", "s", "-o", "report.html"]]
+
+
+def test_read_only_commands_leave_an_unrelated_sqlite_file_unchanged(tmp_path):
+    db = tmp_path / "other.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE notes (body TEXT)")
+        conn.execute("INSERT INTO notes VALUES ('not an optuna database')")
+    conn.close()
+    before = db.read_bytes()
+    for args in READ_ONLY_COMMANDS:
+        r = subprocess.run([HPO, *args, "--storage", f"sqlite:///{db}"], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "holds no optuna studies" in r.stderr, r.stderr
+    assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_a_corrupt_sqlite_database_is_reported_once(tmp_path, study_name):
+    db = tmp_path / "study.db"
+    study = optuna.create_study(study_name=study_name, storage=open_storage(f"sqlite:///{db}"))
+    study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=20)
+    optuna.storages.RDBStorage(f"sqlite:///{db}").engine.dispose()
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    data = bytearray(db.read_bytes())
+    data[3 * page_size:4 * page_size] = bytes(range(256)) * (page_size // 256)  # a b-tree page overwritten
+    db.write_bytes(bytes(data))
+    for args in (READ_ONLY_COMMANDS[1], ["study", "list"]):
+        r = subprocess.run([HPO, *args[:2], study_name, "--storage", f"sqlite:///{db}"] if len(args) > 2 else
+                           [HPO, *args, "--storage", f"sqlite:///{db}"], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
+        assert "database disk image is malformed" in r.stderr, r.stderr
+    with pytest.raises(StorageError, match="database disk image is malformed"):
+        open_storage(f"sqlite:///{db}")  # a worker refuses it too, before touching it

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from optuna_dashboard._note import get_note_from_system_attrs
-from optuna_dashboard.artifact._backend import list_trial_artifacts
-
 from hpo.storage import open_storage
+from tests.dashboard_api import dashboard_trials
 from tests.hpo.studyfiles import write_study
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -55,16 +53,15 @@ def test_start_then_best_as_json(tmp_path, tiny_cifar, storage_url, study_name):
 
 
 def _assert_annotated(url: str, name: str) -> None:
-    """Every finished trial has its optuna-dashboard note and learning-curve files (written by the workers)."""
+    """Every finished trial has its optuna-dashboard note and per-epoch table (written by the workers)."""
     study = optuna.load_study(study_name=name, storage=storage_for(url))
-    notes = study._storage.get_study_system_attrs(study._study_id)
     artifact_dir = Path(study.user_attrs["artifact_dir"])
     assert study.metric_names == ["val_acc"]
-    for t in study.trials:
-        assert get_note_from_system_attrs(notes, t._trial_id)["body"].startswith(f"## Trial {t.number}: ")
-        files = {a["filename"]: a["artifact_id"] for a in list_trial_artifacts(notes, t.system_attrs, t)}
-        assert set(files) == {"learning_curve.svg", "curve.csv"}
-        assert (artifact_dir / files["learning_curve.svg"]).read_text().startswith("<svg")
+    for t in dashboard_trials(storage_for(url), name):
+        assert t["note"]["body"].startswith(f"## Trial {t['number']}: ")
+        files = {a["filename"]: a["artifact_id"] for a in t["artifacts"]}
+        assert set(files) == {"curve.csv"}
+        assert (artifact_dir / files["curve.csv"]).read_text().startswith("epoch,")
 
 
 def test_parallel_workers_share_one_storage(tmp_path, tiny_cifar, storage_url, study_name):
@@ -74,7 +71,7 @@ def test_parallel_workers_share_one_storage(tmp_path, tiny_cifar, storage_url, s
     assert "locked" not in r.stdout + r.stderr
     trials = trials_of(storage_url, study_name)
     finished = [t for t in trials if t.state.is_finished()]
-    assert len(finished) == len(trials) == 4  # exact: the trial-slot lock serialises the last slot
+    assert 4 <= len(finished) == len(trials) <= 5  # no lock (like MaxTrialsCallback): up to workers - 1 more
     assert len({t.user_attrs["worker"] for t in finished if "worker" in t.user_attrs}) == 2
     assert sum(bool(t.user_attrs.get("seed_baseline")) for t in trials) == 1
 

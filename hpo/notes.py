@@ -1,19 +1,16 @@
-"""Per-trial Markdown notes and learning-curve artifacts, as optuna-dashboard shows them.
+"""Per-trial Markdown notes and the per-epoch metrics table, as optuna-dashboard shows them.
 
-`annotate_trial(study, trial, artifact_store)` is what the study service calls once per trial: from the
-objective with the live `optuna.Trial` (e.g. in a `finally:` after the conventional user_attrs are set), or as a
-`study.optimize` callback with the finished `FrozenTrial` (`functools.partial(annotate_trial,
-artifact_store=store)`; preferred: the final state is known, so "pruned" and "failed" are exact).
-It reads only the trial's user_attrs (conventions in the team brief). `annotate_study` backfills a study.
+`annotate_trial(trial, state, value, artifact_store)` runs once per trial from inside the objective, on the live
+`optuna.Trial` (optuna-dashboard's `save_note` and optuna's `upload_artifact` both want a live trial): the
+worker calls it as the objective ends, when the trial's fate is known. It reads only the trial's user_attrs
+(conventions in hpo.objective). The learning curve itself is optuna-dashboard's own intermediate-value chart.
 """
 
 from __future__ import annotations
 
 import csv
-import json
 import statistics
 import tempfile
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -21,63 +18,33 @@ import optuna
 import optuna_dashboard
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
-# Private, but the only way to write a finished trial's note (the public save_note() needs a live Trial).
-from optuna_dashboard._note import get_note_from_system_attrs, save_note_with_version
 
-from dashboard.chart import curve_svg
-
-CURVE_SVG, CURVE_CSV = "learning_curve.svg", "curve.csv"
+CURVE_CSV = "curve.csv"
 
 
-def annotate_trial(study: optuna.Study, trial: optuna.Trial | FrozenTrial,
-                   artifact_store: Any | None = None) -> list[str]:
-    """Save the trial's note; with a store and a recorded curve, upload learning_curve.svg and curve.csv.
-
-    Returns the uploaded artifact ids (empty without a store or a curve).
-    """
-    frozen = trial if isinstance(trial, FrozenTrial) else study._storage.get_trial(trial._trial_id)
-    others = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-              if t.number != frozen.number]
-    _save_note(study, trial, frozen, format_note(frozen, others))
-    curve = frozen.user_attrs.get("curve") or []
-    if artifact_store is None or not curve:
-        return []
-    with tempfile.TemporaryDirectory() as tmp:
-        svg, table = Path(tmp) / CURVE_SVG, Path(tmp) / CURVE_CSV
-        svg.write_text(curve_svg(curve, f"trial {frozen.number}: {outcome(frozen)}"))
-        write_curve_csv(curve, table)
-        return [_upload(study, trial, frozen, artifact_store, path) for path in (svg, table)]
-
-
-def annotate_study(study: optuna.Study, artifact_store: Any | None = None) -> list[int]:
-    """Annotate every finished trial that has no note yet (a study run before annotation was wired in);
-    the numbers of the trials annotated."""
-    notes = study._storage.get_study_system_attrs(study._study_id)
-    todo = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-            and not get_note_from_system_attrs(notes, t._trial_id)["body"]]
-    for t in todo:
-        annotate_trial(study, t, artifact_store)
-    return [t.number for t in todo]
+def annotate_trial(trial: optuna.Trial, state: TrialState, value: float | None = None,
+                   artifact_store: Any | None = None) -> None:
+    """Save the live trial's note as it ends in `state`; with a store and a recorded curve, upload curve.csv."""
+    curve = trial.user_attrs.get("curve") or []
+    frozen = optuna.trial.create_trial(
+        state=state, value=value if state == TrialState.COMPLETE else None, params=trial.params,
+        distributions=trial.distributions, user_attrs=trial.user_attrs,
+        intermediate_values={int(m["epoch"]): m["val_acc"] for m in curve})
+    frozen.number = trial.number
+    others = trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    optuna_dashboard.save_note(trial, format_note(frozen, others))
+    if artifact_store is not None and curve:
+        with tempfile.TemporaryDirectory() as tmp:
+            write_curve_csv(curve, Path(tmp) / CURVE_CSV)
+            upload_artifact(artifact_store=artifact_store, file_path=str(Path(tmp) / CURVE_CSV), study_or_trial=trial)
 
 
 def outcome(trial: FrozenTrial) -> str:
     """One phrase for the trial's fate, e.g. "complete", "pruned at epoch 2", "pruned before training"."""
-    attrs, state = trial.user_attrs, _state(trial)
+    attrs, state = trial.user_attrs, trial.state
     if state == TrialState.PRUNED:
         return f"pruned at epoch {attrs['pruned_at_epoch']}" if "pruned_at_epoch" in attrs else "pruned before training"
     return "failed" if state == TrialState.FAIL else state.name.lower()
-
-
-def _state(trial: FrozenTrial) -> TrialState:
-    """The final state; for a live trial (annotated from inside the objective) what its user_attrs imply."""
-    if trial.state.is_finished():
-        return trial.state
-    attrs = trial.user_attrs
-    if "pruned_at_epoch" in attrs:
-        return TrialState.PRUNED
-    if "fail_reason" in attrs:
-        return TrialState.FAIL
-    return TrialState.COMPLETE if attrs.get("curve") else trial.state
 
 
 def format_note(trial: FrozenTrial, others: list[FrozenTrial] = ()) -> str:
@@ -99,7 +66,7 @@ def format_note(trial: FrozenTrial, others: list[FrozenTrial] = ()) -> str:
 
 
 def _why(trial: FrozenTrial, others: list[FrozenTrial]) -> str:
-    attrs, curve, state = trial.user_attrs, trial.user_attrs.get("curve") or [], _state(trial)
+    attrs, curve, state = trial.user_attrs, trial.user_attrs.get("curve") or [], trial.state
     epochs = (attrs.get("config") or {}).get("epochs", "?")
     reason = attrs.get("fail_reason")
     if state == TrialState.FAIL:
@@ -168,31 +135,3 @@ def write_curve_csv(curve: list[dict[str, Any]], path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(curve)
-
-
-def _save_note(study: optuna.Study, trial: optuna.Trial | FrozenTrial, frozen: FrozenTrial, body: str) -> None:
-    if isinstance(trial, optuna.Trial):
-        optuna_dashboard.save_note(trial, body)
-        return
-    # save_note() wants a live Trial; notes are study system attrs, so a finished trial takes the same
-    # versioned write the dashboard's own note editor uses.
-    attrs = study._storage.get_study_system_attrs(study._study_id)
-    version = get_note_from_system_attrs(attrs, frozen._trial_id)["version"] + 1
-    save_note_with_version(study._storage, study._study_id, frozen._trial_id, version, body)
-
-
-def _upload(study: optuna.Study, trial: optuna.Trial | FrozenTrial, frozen: FrozenTrial, store: Any,
-            path: Path) -> str:
-    if not frozen.state.is_finished():
-        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial,
-                               storage=study._storage)
-    # A finished trial's system attrs are read-only; optuna-dashboard also lists a trial's artifacts
-    # registered on the study under "dashboard:artifacts:<trial_id>:<artifact_id>".
-    artifact_id = str(uuid.uuid4())
-    mimetype = "image/svg+xml" if path.suffix == ".svg" else "text/csv"
-    meta = {"artifact_id": artifact_id, "filename": path.name, "mimetype": mimetype, "encoding": None}
-    with open(path, "rb") as f:
-        store.write(artifact_id, f)
-    study._storage.set_study_system_attr(study._study_id, f"dashboard:artifacts:{frozen._trial_id}:{artifact_id}",
-                                         json.dumps(meta))
-    return artifact_id

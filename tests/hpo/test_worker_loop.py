@@ -1,0 +1,117 @@
+"""The worker loop through the installed CLI on a real SQLite file and the real PostgreSQL: a worker that
+stalls past the grace period and comes back, SIGTERM treated like Ctrl-C, and progress lines that count what
+the budget counts."""
+
+from __future__ import annotations
+
+import functools
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from hpo.consistency import check_consistency
+from hpo.storage import open_storage
+from tests.hpo.studyfiles import write_study
+
+HPO = str(Path(sys.executable).parent / "hpo")
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+storage_for = functools.cache(open_storage)
+
+
+def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name=name, storage=storage_for(url)).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def hpo_popen(*args: str, cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([HPO, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout_s: float = 90):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert proc is None or proc.poll() is None, f"hpo ended before {what}: {proc.communicate()}"
+        found = condition()
+        if found:
+            return found
+        time.sleep(0.1)
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+def first_epoch_done(url: str, name: str):
+    return next((t for t in trials_of(url, name) if t.state == TrialState.RUNNING and t.user_attrs.get("curve")),
+                None)
+
+
+def test_stalled_worker_drops_its_lost_trial_and_goes_on(tmp_path, tiny_cifar, storage_url, study_name):
+    """A frozen VM or a lost network: the worker is silent past the grace period, another worker fails and
+    re-runs its trial; when it comes back it drops that trial with one warning and finishes the run."""
+    path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 6}, workers={"grace_period": 2})
+    data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
+    stalled = hpo_popen("study", "start", str(path), "--n-trials", "2", *data, cwd=tmp_path)
+    try:
+        trial = wait_until(lambda: first_epoch_done(storage_url, study_name), stalled, "a trial finished an epoch")
+        stalled.send_signal(signal.SIGSTOP)
+        time.sleep(3)  # past the grace period (2 s)
+        other = subprocess.run([HPO, "worker", str(path), *data], cwd=tmp_path, capture_output=True, text=True,
+                               timeout=120)
+        assert trials_of(storage_url, study_name)[trial.number].state == TrialState.FAIL
+    finally:
+        stalled.send_signal(signal.SIGCONT)
+    out, err = stalled.communicate(timeout=120)
+    assert other.returncode == 0, other.stderr
+    assert stalled.returncode == 0 and "Traceback" not in err and "Cannot tell" not in err, err
+    assert err.count("\n") == 1 and err.startswith(f"warning: trial {trial.number} was failed and re-queued by "
+                                                   "another worker while this one stalled"), err
+    trials = trials_of(storage_url, study_name)
+    lost = trials[trial.number]
+    assert lost.state == TrialState.FAIL and "fail_reason" not in lost.user_attrs
+    rerun = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert len(rerun) == 1 and rerun[0].state in DONE and rerun[0].params == lost.params
+    assert 2 <= len([t for t in trials if t.state in DONE]) <= 3  # the budget, + 1 for two workers
+    assert check_consistency(storage_for(storage_url), study_name) == []
+
+
+def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_url, study_name):
+    path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 12})
+    args = ["study", "start", str(path), "--n-trials", "1", "--data-dir", str(tiny_cifar), "--threads", "1"]
+    proc = hpo_popen(*args, cwd=tmp_path)
+    wait_until(lambda: first_epoch_done(storage_url, study_name), proc, "trial 0 finished an epoch")
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, (out, err)
+    assert err.startswith("interrupted: ") and err.count("\n") == 1, err
+    interrupted, queued = trials_of(storage_url, study_name)
+    assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
+    assert queued.state == TrialState.WAITING and queued.params == interrupted.params
+
+    resumed = subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    # The interrupted trial does not count against the budget; its re-run does, and says what it re-runs.
+    assert "trial 1 (re-run of trial 0) complete: " in resumed.stdout and " | 1/1 done: 1 complete" in resumed.stdout
+    assert check_consistency(storage_for(storage_url), study_name) == []
+
+
+def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 12})
+    proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
+                     "--data-dir", str(tiny_cifar), cwd=tmp_path)
+    wait_until(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
+                            and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
+    os.kill(proc.pid, signal.SIGTERM)  # the parent alone, as systemd or `timeout` would
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and err.startswith("interrupted: ") and err.count("\n") == 1, err
+    trials = trials_of(url, study_name)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed)
+    assert check_consistency(storage_for(url), study_name) == []
