@@ -13,6 +13,7 @@ from hpo.cli import DataDirOpt, DeviceOpt, app
 from hpo.errors import HPOError
 from hpo.launcher import device_slots
 from hpo.consistency import check_consistency
+from hpo.ray_workers import RayOptions, join_study_on_ray, start_study_on_ray
 from hpo.storage import GRPC_DEFAULT_PORT, open_storage, serve_storage_proxy
 from hpo.study import best_trial_record, describe_spec, format_best, format_status, list_studies, study_status
 from hpo.studyfile import DEFAULT_STORAGE, load_study_file
@@ -32,6 +33,12 @@ ListStorageOpt = Annotated[str, typer.Option("--storage", help="SQLAlchemy URL o
 ThreadsOpt = Annotated[Optional[int], typer.Option(
     help="Torch threads per worker (default: this machine's cores divided by --workers).")]
 NameArg = Annotated[str, typer.Argument(help="Study name.")]
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="ADDRESS", help="Run the workers on a Ray cluster: auto (the one `ray start` made), local (one "
+    "started for this run) or HOST:PORT; one worker per GPU slot (or per --threads CPUs). Needs the ray extra.")]
+TrialsPerDeviceOpt = Annotated[int, typer.Option(
+    help="Worker processes (so trials at once) per device; small models can share a GPU. With --ray: each "
+         "worker asks Ray for 1/N of a GPU.")]
 
 
 @study_app.command("start")
@@ -41,16 +48,27 @@ def start_cmd(
     n_trials: Annotated[Optional[int], typer.Option(
         "--n-trials", help="Trials to run now (resuming adds this many; default: the file's trials).")] = None,
     timeout: Annotated[Optional[float], typer.Option(help="Start no trial after this many seconds.")] = None,
-    workers: Annotated[int, typer.Option(help="Local worker processes on the same storage; the cores are "
-                                              "split between them.")] = 1,
+    workers: Annotated[Optional[int], typer.Option(help="Local worker processes on the same storage; the cores "
+                                                        "are split between them (default 1; with --ray: Ray "
+                                                        "workers, default one per slot of the cluster).")] = None,
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    ray: RayOpt = None,
+    trials_per_device: TrialsPerDeviceOpt = 1,
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
     spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
-    opts = WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads)
-    typer.echo(format_status(_interruptible(lambda: start_study(spec, opts))))
+    if ray is None and trials_per_device != 1:
+        raise HPOError("--trials-per-device needs --ray here (local workers: --workers)")
+    if ray is not None:
+        ray_opts = RayOptions(address=ray, workers=workers, trials_per_gpu=trials_per_device,
+                              cpus_per_worker=threads or 1)
+        run = lambda: start_study_on_ray(spec, WorkerOptions(data_dir=data_dir, device=device), ray_opts)  # noqa: E731
+    else:
+        opts = WorkerOptions(data_dir=data_dir, device=device, workers=workers or 1, threads=threads)
+        run = lambda: start_study(spec, opts)  # noqa: E731
+    typer.echo(format_status(_interruptible(run)))
 
 
 @app.command("worker")
@@ -62,13 +80,20 @@ def worker_cmd(
     device: DeviceOpt = "auto",
     devices: Annotated[Optional[str], typer.Option(
         help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")] = None,
-    trials_per_device: Annotated[int, typer.Option(
-        help="Worker processes (so trials at once) per device; small models can share a GPU.")] = 1,
+    trials_per_device: TrialsPerDeviceOpt = 1,
+    ray: RayOpt = None,
 ) -> None:
     """Join a study started with `hpo study start` (from any process or machine) until its run ends."""
     if devices is not None and device != "auto":
         raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
+    if ray is not None:
+        if devices is not None:
+            raise HPOError("--devices is for local workers; on Ray each worker gets the device Ray assigns it")
+        ray_opts = RayOptions(address=ray, trials_per_gpu=trials_per_device, cpus_per_worker=threads or 1)
+        opts = WorkerOptions(data_dir=data_dir, device=device)
+        typer.echo(format_status(_interruptible(lambda: join_study_on_ray(spec, opts, ray_opts))))
+        return
     opts = WorkerOptions(data_dir=data_dir, threads=threads, devices=device_slots(devices or device, trials_per_device))
     typer.echo(format_status(_interruptible(lambda: join_study(spec, opts))))
 
