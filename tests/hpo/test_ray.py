@@ -1,0 +1,136 @@
+"""Studies on a real multi-node Ray cluster (ray.cluster_utils.Cluster: several raylets on this machine, logical
+GPUs declared with num_gpus, object stores capped) and the real PostgreSQL: placement across nodes with
+fractional GPUs, a node removed mid-trial (its workers retried by Ray, its trial resumed from its checkpoint),
+Ctrl-C on the driver, and the error without Ray. Every Ray process the module started is stopped at its end."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+from ray.cluster_utils import Cluster
+
+from cifarnet.train import load_checkpoint
+from hpo.checkpoints import relative_path
+from hpo.consistency import check_consistency
+from tests.conftest import write_cifar_batches
+from tests.hpo.studyfiles import write_study
+from tests.hpo.test_distributed import pg_url, storage_for, trials_of, wait_for  # noqa: F401  (pg_url: fixture)
+
+
+HPO = str(Path(sys.executable).parent / "hpo")
+DONE = (TrialState.COMPLETE, TrialState.PRUNED)
+NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 80 * 2**20}  # 2 workers of 1/2 GPU each
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head node and one worker node, each with 2 CPUs and 1 logical GPU."""
+    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+    c.add_node(**NODE)
+    c.wait_for_nodes()
+    yield c
+    nodes = c.list_all_nodes()
+    c.shutdown()
+    assert not any(node.any_processes_alive() for node in nodes)
+
+
+@pytest.fixture(scope="module")
+def slower_cifar(tmp_path_factory) -> Path:
+    """5 x 200 training images: epochs long enough to remove a node in the middle of a trial."""
+    return write_cifar_batches(tmp_path_factory.mktemp("cifar1000"), per_batch=200)
+
+
+def start_on_ray(path: Path, address: str, data: Path, cwd: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([HPO, "study", "start", str(path), "--ray", address, "--trials-per-device", "2",
+                             "--threads", "1", "--data-dir", str(data), *extra],
+                            cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def check_budget(url: str, name: str, n: int) -> list:
+    trials = trials_of(url, name)
+    assert sorted(t.number for t in trials) == list(range(len(trials)))  # no duplicate or missing numbers
+    assert len([t for t in trials if t.state in DONE]) == n
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    assert check_consistency(storage_for(url), name) == []
+    return trials
+
+
+def test_study_placed_across_two_nodes_with_fractional_gpus(tmp_path, cluster, slower_cifar, pg_url, study_name):
+    n = 8
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 3}, study={"artifact_dir": str(tmp_path)})
+    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", str(n))
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err
+    assert "complete: val_acc" in out  # the workers' progress lines reach the driver
+    trials = check_budget(pg_url, study_name, n)
+    places = [t.user_attrs["placement"] for t in trials]
+    node_ids = {node.node_id for node in cluster.list_all_nodes()}
+    assert {p["node_id"] for p in places} == node_ids  # trials ran on both nodes
+    for p in places:  # Ray gave each worker half of its node's one GPU, and that is the device it saw
+        assert p["gpu_ids"] == ["0"] and p["cuda_visible_devices"] == "0"
+    workers = Counter(p["node_id"] for p in {t.user_attrs["worker"]: p for t, p in zip(trials, places)}.values())
+    assert max(workers.values()) <= 2  # at most 2 workers of 1/2 GPU share a node's GPU
+
+
+def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, cluster, slower_cifar, pg_url,
+                                                                      study_name):
+    n, epochs = 6, 4
+    spare = cluster.add_node(**NODE)
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": epochs}, workers={"keep_checkpoints": True},
+                       study={"artifact_dir": str(tmp_path)})
+    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", str(n), "--workers", "4")
+
+    def trial_on_spare_node():
+        return next((t for t in trials_of(pg_url, study_name) if t.state == TrialState.RUNNING
+                     and t.user_attrs.get("placement", {}).get("node_id") == spare.node_id
+                     and len(t.user_attrs.get("curve", [])) >= 1), None)
+
+    victim = wait_for(trial_on_spare_node, proc, "a trial on the spare node finished an epoch", timeout_s=180)
+    cluster.remove_node(spare, allow_graceful=False)  # SIGKILLs the node's raylet and workers, returns after
+    k = load_checkpoint(tmp_path / relative_path(victim.number))["epoch"]
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 0, err  # Ray ran the lost workers again elsewhere
+
+    trials = check_budget(pg_url, study_name, n)
+    dead = [t for t in trials if t.state == TrialState.FAIL]
+    assert victim.number in [t.number for t in dead]
+    for t in dead:  # only the removed node's trials failed, each by its stale heartbeat, and each was re-run
+        assert t.user_attrs["placement"]["node_id"] == spare.node_id and "fail_reason" not in t.user_attrs
+        assert len([r for r in trials if r.system_attrs.get("retry_history") == [t.number] and r.state in DONE]) == 1
+    rerun = next(r for r in trials if r.system_attrs.get("retry_history") == [victim.number])
+    assert rerun.user_attrs["resumed_from_trial"] == victim.number and rerun.user_attrs["resumed_at_epoch"] == k >= 1
+    assert rerun.user_attrs["placement"]["node_id"] != spare.node_id
+
+
+def test_ctrl_c_on_the_driver_stops_every_worker_and_leaves_the_study_resumable(tmp_path, cluster, slower_cifar,
+                                                                               pg_url, study_name):
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 6}, study={"artifact_dir": str(tmp_path)})
+    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", "20")
+    wait_for(lambda: len([t for t in trials_of(pg_url, study_name) if t.state == TrialState.RUNNING
+                          and t.user_attrs.get("curve")]) >= 2, proc, "two trials running", timeout_s=180)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    trials = trials_of(pg_url, study_name)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker stopped and said so
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    assert len(interrupted) >= 2
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(t.number for t in interrupted)
+    for t in interrupted:  # its re-run will continue from here
+        assert (tmp_path / relative_path(t.number)).is_file()
+
+
+def test_without_ray_the_error_says_how_to_install_it(tmp_path, pg_url, study_name):
+    path = write_study(tmp_path, study_name, pg_url)
+    code = ("import sys; sys.modules['ray'] = None; from hpo.cli import main; "  # as if Ray were not installed
+            f"main(['study', 'start', {str(path)!r}, '--ray', 'auto'])")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr == "error: --ray needs Ray, which is not installed: pip install -e '.[ray]'\n"
