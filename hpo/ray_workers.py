@@ -98,11 +98,11 @@ def run_on_ray(ray: ModuleType, spec: StudySpec, opts: WorkerOptions, ray_opts: 
 
 
 def slots(resources: dict[str, float], ray_opts: RayOptions) -> int:
-    """Workers that fill the cluster: trials_per_gpu per GPU, or (no GPUs) one per cpus_per_worker CPUs."""
+    """Workers that fill the cluster: trials_per_gpu per GPU (as far as the CPUs go), or one per
+    cpus_per_worker CPUs on a cluster without GPUs. A worker beyond that would only wait for a free slot."""
+    cpu_slots = int(resources.get("CPU", 0.0) // ray_opts.cpus_per_worker)
     gpus = resources.get("GPU", 0.0)
-    if gpus:
-        return int(gpus * ray_opts.trials_per_gpu + 1e-9)
-    return int(resources.get("CPU", 0.0) // ray_opts.cpus_per_worker)
+    return min(cpu_slots, int(gpus * ray_opts.trials_per_gpu + 1e-9)) if gpus else cpu_slots
 
 
 def run_slot(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> int:

@@ -52,35 +52,56 @@ def start_on_ray(path: Path, address: str, data: Path, cwd: Path, *extra: str) -
                             cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def check_budget(url: str, name: str, n: int) -> list:
+def check_trials(url: str, name: str) -> list:
+    """The study's trials, after checking none is left RUNNING and no number is missing or duplicated."""
     trials = trials_of(url, name)
-    assert sorted(t.number for t in trials) == list(range(len(trials)))  # no duplicate or missing numbers
-    assert len([t for t in trials if t.state in DONE]) == n
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     assert check_consistency(storage_for(url), name) == []
     return trials
 
 
-def test_study_placed_across_two_nodes_with_fractional_gpus(tmp_path, cluster, slower_cifar, pg_url, study_name):
-    n = 8
+def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_path, cluster, slower_cifar,
+                                                                          pg_url, study_name):
+    n = 6
     path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 3}, study={"artifact_dir": str(tmp_path)})
     proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", str(n))
+    wait_for(lambda: len([t for t in trials_of(pg_url, study_name) if t.state == TrialState.RUNNING
+                          and t.user_attrs.get("curve")]) >= 2, proc, "two trials running", timeout_s=180)
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: every worker records its trial as interrupted and re-queues it
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "interrupted" in err
+    trials = trials_of(pg_url, study_name)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker stopped and said so
+    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    queued = [t for t in trials if t.state == TrialState.WAITING]
+    assert len(interrupted) >= 2 and sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(
+        t.number for t in interrupted)
+    # What each interrupted trial had checkpointed: its re-run must continue from exactly there.
+    epochs_done = {t.number: load_checkpoint(tmp_path / relative_path(t.number))["epoch"] for t in interrupted
+                   if t.user_attrs.get("curve")}
+    assert len(epochs_done) >= 2
+
+    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", str(n))  # resume
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err
     assert "complete: val_acc" in out  # the workers' progress lines reach the driver
-    trials = check_budget(pg_url, study_name, n)
-    places = [t.user_attrs["placement"] for t in trials]
-    node_ids = {node.node_id for node in cluster.list_all_nodes()}
-    assert {p["node_id"] for p in places} == node_ids  # trials ran on both nodes
+    this_run = [t for t in check_trials(pg_url, study_name) if t.number >= min(t.number for t in queued)]
+    assert len([t for t in this_run if t.state in DONE]) == n
+    for number, k in epochs_done.items():
+        rerun = next(t for t in this_run if t.system_attrs.get("retry_history") == [number])
+        assert rerun.state in DONE and rerun.user_attrs["resumed_at_epoch"] == k >= 1
+    places = [t.user_attrs["placement"] for t in this_run]
+    assert {p["node_id"] for p in places} == {node.node_id for node in cluster.list_all_nodes()}  # both nodes
     for p in places:  # Ray gave each worker half of its node's one GPU, and that is the device it saw
         assert p["gpu_ids"] == ["0"] and p["cuda_visible_devices"] == "0"
-    workers = Counter(p["node_id"] for p in {t.user_attrs["worker"]: p for t, p in zip(trials, places)}.values())
-    assert max(workers.values()) <= 2  # at most 2 workers of 1/2 GPU share a node's GPU
+    workers = {t.user_attrs["worker"]: p["node_id"] for t, p in zip(this_run, places)}
+    assert max(Counter(workers.values()).values()) <= 2  # at most 2 workers of 1/2 GPU share a node's GPU
 
 
 def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, cluster, slower_cifar, pg_url,
                                                                       study_name):
-    n, epochs = 6, 4
+    n, epochs = 5, 3
     spare = cluster.add_node(**NODE)
     path = write_study(tmp_path, study_name, pg_url, budget={"epochs": epochs}, workers={"keep_checkpoints": True},
                        study={"artifact_dir": str(tmp_path)})
@@ -97,7 +118,8 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     out, err = proc.communicate(timeout=240)
     assert proc.returncode == 0, err  # Ray ran the lost workers again elsewhere
 
-    trials = check_budget(pg_url, study_name, n)
+    trials = check_trials(pg_url, study_name)
+    assert len([t for t in trials if t.state in DONE]) == n
     dead = [t for t in trials if t.state == TrialState.FAIL]
     assert victim.number in [t.number for t in dead]
     for t in dead:  # only the removed node's trials failed, each by its stale heartbeat, and each was re-run
@@ -106,25 +128,6 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     rerun = next(r for r in trials if r.system_attrs.get("retry_history") == [victim.number])
     assert rerun.user_attrs["resumed_from_trial"] == victim.number and rerun.user_attrs["resumed_at_epoch"] == k >= 1
     assert rerun.user_attrs["placement"]["node_id"] != spare.node_id
-
-
-def test_ctrl_c_on_the_driver_stops_every_worker_and_leaves_the_study_resumable(tmp_path, cluster, slower_cifar,
-                                                                               pg_url, study_name):
-    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 6}, study={"artifact_dir": str(tmp_path)})
-    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, "--n-trials", "20")
-    wait_for(lambda: len([t for t in trials_of(pg_url, study_name) if t.state == TrialState.RUNNING
-                          and t.user_attrs.get("curve")]) >= 2, proc, "two trials running", timeout_s=180)
-    proc.send_signal(signal.SIGINT)
-    out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130 and "interrupted" in err
-    trials = trials_of(pg_url, study_name)
-    assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker stopped and said so
-    interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
-    assert len(interrupted) >= 2
-    queued = [t for t in trials if t.state == TrialState.WAITING]
-    assert sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(t.number for t in interrupted)
-    for t in interrupted:  # its re-run will continue from here
-        assert (tmp_path / relative_path(t.number)).is_file()
 
 
 def test_without_ray_the_error_says_how_to_install_it(tmp_path, pg_url, study_name):
