@@ -38,6 +38,7 @@ RAY_EXTRA_HINT = "pip install -e '.[ray]'"
 # so running it again is always safe; the bound only stops a task that kills every node it lands on.
 TASK_RETRIES = 5
 STOP_WAIT_S = 60.0  # after Ctrl-C: how long the cancelled workers get to record their trials as interrupted
+CONNECT_TIMEOUT_S = 10.0  # an unreachable cluster address fails after this
 LOCAL_OBJECT_STORE_BYTES = 256 * 2**20  # "local": workers pass nothing big through Ray (Ray's default: 30% of RAM)
 
 
@@ -146,6 +147,7 @@ def _cancel(ray: ModuleType, refs: list) -> None:
 
 def _connect(address: str) -> ModuleType:
     ray = import_ray()
+    _check_reachable(ray, address)
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": True, "configure_logging": False}
     if address == "local":
         kwargs.update(object_store_memory=LOCAL_OBJECT_STORE_BYTES, include_dashboard=False)
@@ -155,6 +157,23 @@ def _connect(address: str) -> ModuleType:
         raise HPOError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(e)} (start one with "
                        f"`ray start --head`, or pass --ray local for a cluster on this machine only)") from None
     return ray
+
+
+def _check_reachable(ray: ModuleType, address: str) -> None:
+    """Fail in seconds when nothing listens at HOST:PORT: ray.init would retry for minutes, silently.
+    Like Ray, read localhost as this machine's node address (the one `ray start` listens on)."""
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise HPOError(f"--ray {address!r}: expected auto, local, HOST:PORT or ray://HOST:PORT")
+    if host in ("localhost", "127.0.0.1", "::1"):
+        host = ray.util.get_node_ip_address()
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as e:
+        raise HPOError(f"cannot connect to the Ray cluster at {address}: {e.strerror or e} (is `ray start --head` "
+                       f"running there? `ray status` on a node prints the address)") from None
 
 
 def import_ray() -> ModuleType:
