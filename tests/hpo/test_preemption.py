@@ -20,7 +20,7 @@ from hpo.checkpoints import relative_path
 from hpo.consistency import check_consistency
 from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
-from tests.conftest import POSTGRES_URL, write_cifar_batches
+from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
 from tests.hpo.test_distributed import pg_url, storage_for, trials_of, wait_for  # noqa: F401  (pg_url: fixture)
 
@@ -90,8 +90,9 @@ def test_finished_trials_checkpoints_are_removed_unless_kept(tmp_path, tiny_cifa
     start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), threads=1, device="cpu", out=open(os.devnull, "w")))
     trials = optuna.load_study(study_name=study_name, storage=url).trials
     assert [t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials] == [True, True]
-    files = sorted(p.name for p in (Path(spec.artifact_dir) / "checkpoints").glob("*.pt"))
-    assert files == (["trial-0.pt", "trial-1.pt"] if keep else [])
+    store = Path(spec.artifact_dir)
+    kept = sorted(p.name for p in (store / "checkpoints").glob("*.pt"))
+    assert kept == (["trial-0.pt", "trial-1.pt"] if keep else [])
     if keep:
         for t in trials:  # the last epoch each trial finished (a pruned one stops early)
-            assert load_checkpoint(Path(spec.artifact_dir) / t.user_attrs["checkpoint"])["epoch"] == len(t.user_attrs["curve"])
+            assert load_checkpoint(store / t.user_attrs["checkpoint"])["epoch"] == len(t.user_attrs["curve"])
