@@ -2,7 +2,7 @@
 instance is, and what resuming trials from their checkpoints (hpo.checkpoints) saves against re-running them
 from scratch. Writes results/preemption.json.
 
-    python benchmarks/preemption.py --data-dir ../shared/data/cifar10                 # quick.toml: ~30-40 min
+    python benchmarks/preemption.py --data-dir ../shared/data/cifar10      # quick.toml's run + a grace period per kill
     python benchmarks/preemption.py --data-dir ... --trials 4 --epochs 3 --train-size 500 --val-size 200 \\
         --kills 2 --grace-period 3 --heartbeat-interval 1 --out /tmp/preemption.json          # a smoke run
 
