@@ -4,6 +4,8 @@ What a trial leaves in storage (the conventions retraining and the dashboard rea
   user_attrs "config", "data", "params_count", "macs", "receptive_field", "device", "worker" (host:pid),
   all before training,
   "epoch_times" and "curve" (after every epoch), "pruned_at_epoch" (pruned), "fail_reason" (failed/rejected),
+  "checkpoint" (path relative to the artifact store), "resumed_from_trial" and "resumed_at_epoch" (a re-run
+  that continued a dead attempt's checkpoint, see hpo.checkpoints), "placement" (where Ray put the worker),
   intermediate values step = epoch (1-based) -> val_acc; the value = the best val_acc (maximised).
 
 Over-budget configurations (params > max_params) are PRUNED, not FAILED, before any training, with an
@@ -26,6 +28,7 @@ from cifarnet.data import Splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, resolve_device, train
+from hpo.checkpoints import TrialCheckpoint, artifact_store, relative_path
 from hpo.space import suggest_config
 from hpo.study import INTERRUPTED_REASON, request_stop
 from hpo.studyfile import StudySpec
@@ -36,6 +39,8 @@ TRIAL_ERRORS: tuple[type[BaseException], ...] = (CifarNetError, torch.OutOfMemor
 OVER_BUDGET_CONSTRAINT = "params_over_budget"  # > 0: the trial is infeasible (parameters above max_params)
 STOP_REASON = "stopped: another trial reached the study's target accuracy"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
+# Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.ray_workers).
+PLACEMENT: dict[str, Any] = {}
 
 
 class Objective:
@@ -46,29 +51,47 @@ class Objective:
         self.device = str(resolve_device(opts.device))
 
     def __call__(self, trial: optuna.Trial) -> float:
+        checkpoint = TrialCheckpoint.of(trial, artifact_store(trial.study, self.spec.artifact_dir))
         try:
-            return self._run(trial)
+            value = self._run(trial, checkpoint)
         except optuna.TrialPruned:
+            self._finished(checkpoint)
             raise
         except (Exception, KeyboardInterrupt) as e:  # record why before optuna marks the trial FAIL
-            reason = INTERRUPTED_REASON if isinstance(e, KeyboardInterrupt) else _describe(e)
-            trial.set_user_attr("fail_reason", reason)
+            interrupted = isinstance(e, KeyboardInterrupt)
+            trial.set_user_attr("fail_reason", INTERRUPTED_REASON if interrupted else _describe(e))
+            if not interrupted:  # an interrupted trial is queued again and continues from its checkpoint
+                self._finished(checkpoint)
             raise
+        self._finished(checkpoint)
+        return value
 
-    def _run(self, trial: optuna.Trial) -> float:
+    def _finished(self, checkpoint: TrialCheckpoint) -> None:
+        if not self.spec.workers.keep_checkpoints:
+            checkpoint.remove()
+
+    def _run(self, trial: optuna.Trial, checkpoint: TrialCheckpoint) -> float:
         spec = self.spec
         cfg = suggest_config(spec.space, trial, spec.base)
         stats = model_stats(cfg.model)
         for key, value in {
             "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
             "macs": stats.macs, "receptive_field": stats.receptive_field, "device": self.device,
-            "worker": WORKER_ID,
+            "worker": WORKER_ID, **({"placement": PLACEMENT} if PLACEMENT else {}),
         }.items():
             trial.set_user_attr(key, value)
         if spec.max_params is not None and stats.params > spec.max_params:
             reject_over_budget(trial, stats.params, spec.max_params)
         reporter = EpochReporter(trial, spec)
-        train(cfg, self.splits, reporter, self.opts)
+        trial.set_user_attr("checkpoint", relative_path(trial.number))
+        resumed_from, finished = checkpoint.resume()
+        if resumed_from is not None:
+            trial.set_user_attr("resumed_from_trial", resumed_from)
+            trial.set_user_attr("resumed_at_epoch", len(finished))
+        for metrics in finished:  # the dead attempt's epochs, reported again: one continuous curve
+            reporter(metrics["epoch"], metrics)
+        opts = dataclasses.replace(self.opts, checkpoint=checkpoint.path, resume=resumed_from is not None)
+        train(cfg, self.splits, reporter, opts)
         return max(m["val_acc"] for m in reporter.curve)
 
 

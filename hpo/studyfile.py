@@ -13,7 +13,7 @@ Layout (every table but [study] and [space] is optional):
     [sampler]  kind = tpe | random | gp | cmaes, seed, ...          (see SAMPLER_OPTIONS)
     [pruner]   kind = median | successive-halving | hyperband | none, ... (see PRUNER_OPTIONS)
     [budget]   per trial: epochs, train_size, val_size, split_seed
-    [workers]  crash safety: heartbeat_interval, grace_period, max_retry
+    [workers]  crash safety: heartbeat_interval, grace_period, max_retry, keep_checkpoints
     [train]    the base recipe (TrainConfig fields but epochs) and [train.model]
     [space]    searched parameters, e.g. lr = { low = 0.01, high = 0.5, log = true }
 """
@@ -55,7 +55,7 @@ PRUNER_OPTIONS: dict[str, dict[str, type]] = {
 STUDY_KEYS = {"name": str, "storage": str, "trials": int, "timeout": float, "target_accuracy": float,
               "stop_on_target": bool, "max_params": int, "artifact_dir": str}
 BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int}
-WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int}
+WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
 # Options that may be 0; every other number in a study file must be > 0.
 ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
 # Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
@@ -95,6 +95,9 @@ class WorkerSpec:
     grace_period: int = 60
     # How many times one dead trial is re-run before it stays failed.
     max_retry: int = 2
+    # Keep finished trials' per-epoch checkpoints (hpo.checkpoints); by default they are removed, so a long
+    # study does not fill the disk.
+    keep_checkpoints: bool = False
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,25 @@ ThreadsOpt = Annotated[Optional[int], typer.Option(
 DevicesOpt = Annotated[Optional[str], typer.Option(
     help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")]
 PerDeviceOpt = Annotated[int, typer.Option(
-    min=1, help="Worker processes (so trials at once) per device; small models can share a GPU.")]
+    min=1, help="Worker processes (so trials at once) per device; small models can share a GPU. With --ray: each "
+                "worker asks Ray for 1/N of a GPU.")]
+RayOpt = Annotated[Optional[str], typer.Option(
+    "--ray", metavar="ADDRESS", help="Run the workers on a Ray cluster: auto (the one `ray start` made), local (one "
+    "started for this run) or HOST:PORT; one worker per GPU slot (or per --threads CPUs). Needs the ray extra.")]
+
+
+def _parse_workers(value: str) -> str:
+    """`--workers N` (N >= 1) or `--workers auto` (the measured best for this machine, hpo.packing)."""
+    if value == "auto" or (value.isdigit() and int(value) >= 1):
+        return value
+    raise typer.BadParameter(f"{value!r} is not a number >= 1 or 'auto'")
+
+
+WorkersOpt = Annotated[Optional[str], typer.Option(
+    parser=_parse_workers, metavar="N|auto",
+    help="Local worker processes on the same storage (the cores are split between them; default 1), or auto: "
+         "the number of concurrent trials measured fastest on a machine like this one (results/packing.json). "
+         "With --ray: Ray workers, default one per slot of the cluster.")]
 
 
 @app.command("start")
@@ -33,20 +51,39 @@ def start_cmd(
         "--n-trials", min=1, help="Trials to run now (resuming adds this many; default: the file's trials).")] = None,
     timeout: Annotated[Optional[float], typer.Option(
         min=1.0, help="Start no trial after this many seconds.")] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Local worker processes on the same storage; the cores are "
-                                                     "split between them.")] = 1,
+    workers: WorkersOpt = None,
     threads: ThreadsOpt = None,
     data_dir: DataDirOpt = None,
     device: DeviceOpt = "auto",
+    trials_per_device: PerDeviceOpt = 1,
+    ray: RayOpt = None,
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
+    from hpo.errors import HPOError
     from hpo.studyfile import load_study_file
     from hpo.worker import WorkerOptions, start_study
 
     spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
     _warn_if_proxy(spec.storage)
-    opts = WorkerOptions(data_dir=data_dir, device=device, workers=workers, threads=threads)
-    typer.echo(format_status(_interruptible(lambda: start_study(spec, opts))))
+    if workers == "auto":
+        from hpo.packing import auto_workers
+
+        choice = auto_workers(device)
+        typer.echo(f"--workers auto: {choice.reason}")
+        workers = str(choice.workers)
+    count = int(workers) if workers is not None else None
+    if ray is None and trials_per_device != 1:
+        raise HPOError("--trials-per-device needs --ray here (local workers: --workers)")
+    if ray is not None:
+        from hpo.ray_workers import RayOptions, start_study_on_ray
+
+        ray_opts = RayOptions(address=ray, workers=count, trials_per_gpu=trials_per_device,
+                              cpus_per_worker=threads or 1)
+        run = lambda: start_study_on_ray(spec, WorkerOptions(data_dir=data_dir, device=device), ray_opts)  # noqa: E731
+    else:
+        opts = WorkerOptions(data_dir=data_dir, device=device, workers=count or 1, threads=threads)
+        run = lambda: start_study(spec, opts)  # noqa: E731
+    typer.echo(format_status(_interruptible(run)))
 
 
 def join_cmd(
@@ -57,6 +94,7 @@ def join_cmd(
     device: OptionalDeviceOpt = None,
     devices: DevicesOpt = None,
     trials_per_device: PerDeviceOpt = 1,
+    ray: RayOpt = None,
 ) -> None:
     """Join a study started with `hpo study start` (from any process or machine) until its run ends."""
     from hpo.errors import HPOError
@@ -69,6 +107,15 @@ def join_cmd(
         raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
     _warn_if_proxy(spec.storage)
+    if ray is not None:
+        from hpo.ray_workers import RayOptions, join_study_on_ray
+
+        if devices is not None:
+            raise HPOError("--devices is for local workers; on Ray each worker gets the device Ray assigns it")
+        ray_opts = RayOptions(address=ray, trials_per_gpu=trials_per_device, cpus_per_worker=threads or 1)
+        opts = WorkerOptions(data_dir=data_dir, device=device or "auto")
+        typer.echo(format_status(_interruptible(lambda: join_study_on_ray(spec, opts, ray_opts))))
+        return
     try:
         finished_before = _finished(study_status(spec.storage, spec.name))
     except HPOError:
