@@ -67,7 +67,13 @@ def strategy_section(study: optuna.Study, storage) -> tuple[str, str, go.Figure 
                 need, ref_need = compute_to_reach(rows, ref[-1]["best_so_far"]), compute_to_reach(
                     ref, ref[-1]["best_so_far"])
                 ratios.append(need / ref_need if need is not None else float("inf"))
-        ratio = f", epochs to random's best x{statistics.median(ratios):.2f} of random's" if ratios else ""
+        ratio = ""
+        if ratios:
+            reached = sum(r != float("inf") for r in ratios)
+            median = statistics.median(ratios)
+            ratio = (f", epochs to reach random's best: x{median:.2f} of random's (median)" if median != float("inf")
+                     else ", random's best not reached by the median seed")
+            ratio += f", reached in {reached} of {len(ratios)} seed(s)"
         if bests:
             lines.append(f"{strategy}: median best {statistics.median(bests):.4f} over {len(bests)} seed(s){ratio}")
     fig.update_layout(xaxis_title="epochs trained (whole study)", yaxis_title="best val_acc so far")

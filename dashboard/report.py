@@ -18,8 +18,10 @@ import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.run import write_text_atomic
+from dashboard.efficiency import pruning_section, strategy_section
 from dashboard.studies import resolve_target
 from hpo.retrains import describe_record, reference_retrain, retrain_records
+from hpo.storage import open_existing_storage
 from hpo.study import load_study, seed_baseline
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
@@ -34,17 +36,22 @@ class Section:
     note: str = ""
 
 
-def build_report(study: optuna.Study) -> str:
-    """The whole page as one HTML string."""
+def build_report(study: optuna.Study, storage: optuna.storages.BaseStorage | str | None = None) -> str:
+    """The whole page as one HTML string. With the study's `storage`, a study of the search benchmark
+    (benchmarks/search.py) also gets the comparison with the other strategies stored beside it."""
     trials = study.get_trials(deepcopy=False)
     sections = [history_section(study, trials), curves_section(study, trials), importance_section(study, trials),
-                parallel_section(study, trials), size_section(trials), retrain_section(study)]
+                parallel_section(study, trials), size_section(trials), Section(*pruning_section(study, trials)),
+                retrain_section(study)]
+    compared = strategy_section(study, storage) if storage is not None else None
+    if compared is not None:
+        sections.insert(-1, Section(*compared))
     return render_page(study, trials, sections)
 
 
-def write_report(study: optuna.Study, path: str | Path) -> Path:
+def write_report(study: optuna.Study, path: str | Path, storage: optuna.storages.BaseStorage | None = None) -> Path:
     path = Path(path)
-    write_text_atomic(build_report(study), path)  # a crash mid-write never leaves half a report
+    write_text_atomic(build_report(study, storage), path)  # a crash mid-write never leaves half a report
     return path
 
 
@@ -52,7 +59,7 @@ def report_study(study: str | Path, storage: str | None, out: str | Path) -> Pat
     """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
     target = resolve_target(study, storage)
     loaded = load_study(target.storage, target.study_name or str(study), read_only=True)
-    return write_report(loaded, out)
+    return write_report(loaded, out, open_existing_storage(target.storage, read_only=True))
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
