@@ -61,8 +61,8 @@ def test_report_page_draws_every_chart(browser, demo_study, tmp_path):
     report = write_report(study, tmp_path / "report.html")
     png = tmp_path / "report.png"
     browser.set_window_size(1200, 1000)
-    charts = screenshot_report(browser, report, png, min_charts=6)
-    assert charts == 6  # history, curves, importances, parallel coordinates, size vs accuracy, retrain
+    charts = screenshot_report(browser, report, png, min_charts=7)
+    assert charts == 7  # history, curves, importances, parallel coordinates, size vs accuracy, pruning, retrain
     assert browser.title == f"Study {demo_study.name}"
     traces = browser.execute_script("return document.querySelectorAll('#fig-curves .scatterlayer .trace').length")
     assert traces >= len(study.trials) - sum(t.state == optuna.trial.TrialState.FAIL for t in study.trials)

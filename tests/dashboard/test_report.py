@@ -13,7 +13,7 @@ from dashboard.report import MIN_TRIALS_FOR_IMPORTANCE, build_report, pareto_fro
 from hpo.storage import open_storage
 
 HPO = str(Path(sys.executable).with_name("hpo"))
-SECTIONS = ("history", "curves", "importance", "parallel", "size", "retrain")
+SECTIONS = ("history", "curves", "importance", "parallel", "size", "pruning", "retrain")
 
 
 def _figure_json(page: str, key: str) -> str:
