@@ -102,7 +102,9 @@ def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_
 
 def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_name):
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    path = write_study(tmp_path, study_name, url, budget={"epochs": 12})
+    # Long unpruned trials: both workers are still inside a trial when SIGTERM arrives (with 12 epochs and the
+    # median pruner, one worker could finish the budget's last trial first, under any load).
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 40}, pruner={"n_startup_trials": 100})
     proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
                      "--data-dir", str(tiny_cifar), cwd=tmp_path)
     wait_until(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
@@ -113,5 +115,5 @@ def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_na
     trials = trials_of(url, study_name)
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
-    assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed)
+    assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed), [(t.number, t.state.name, t.user_attrs.get("fail_reason"), len(t.user_attrs.get("curve", []))) for t in trials]
     assert check_consistency(storage_for(url), study_name) == []
