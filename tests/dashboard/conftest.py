@@ -13,9 +13,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.artifacts import FileSystemArtifactStore
 
-from dashboard.notes import annotate_study
 from hpo.paths import resolve_artifact_dir
 from hpo.studyfile import load_study_file
 
@@ -62,9 +60,7 @@ def demo_study(tmp_path_factory, tiny_cifar) -> DemoStudy:
     spec = load_study_file(study_file)
     study = optuna.load_study(study_name=spec.name, storage=url)
     store_dir = resolve_artifact_dir(study.user_attrs["artifact_dir"], url)  # stored relative to the database
-    store_dir.mkdir(parents=True, exist_ok=True)
-    # Trials the study service has not annotated itself get their note and curve artifacts now.
-    annotate_study(study, FileSystemArtifactStore(store_dir))
+    store_dir.mkdir(parents=True, exist_ok=True)  # the workers annotated every trial on the live trial
     _hpo("retrain", spec.name, "--storage", url, "--max-epochs", "3", "--target", "0.99", "--out",
          str(root / "retrain"), "--data-dir", str(tiny_cifar), "--device", "cpu")
     return DemoStudy(spec.name, url, store_dir, db, study_file)
