@@ -10,7 +10,6 @@ at once is only worth it where a measurement shows it.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -58,7 +57,9 @@ def this_machine(device: str) -> Machine:
     """The machine `device` ("cpu", "auto", "cuda", "cuda:N") runs on."""
     import torch
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    from hpo.worker import usable_cores
+
+    cores = usable_cores()
     if device != "cpu" and torch.cuda.is_available():
         return Machine("cuda", cores, torch.cuda.get_device_name(torch.device(device if ":" in device else "cuda")))
     return Machine("cpu", cores)

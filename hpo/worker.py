@@ -139,7 +139,7 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     """Run trials until the stored run budget is spent, the deadline passes or the stop flag is raised.
     Returns the number of trials this worker ran."""
     # One pool of cores shared by K processes: more threads than cores makes every worker crawl.
-    threads = opts.threads or max(1, _cores() // opts.workers)
+    threads = opts.threads or max(1, usable_cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
     w = spec.workers
@@ -306,7 +306,8 @@ def budget_used(trials: list[FrozenTrial], budget: RunBudget) -> int:
     return sum(counts_against_budget(t, budget) for t in trials)
 
 
-def _cores() -> int:
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity mask on Linux), shared by local workers."""
     try:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
