@@ -155,8 +155,8 @@ def summarize(study: optuna.Study, raw: dict[str, Any], kills: list[dict[str, An
               code: int) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     for kill in kills:
-        rerun = next((t for t in trials if kill["trial"] in t.system_attrs.get("retry_history", [])
-                      and t.state != TrialState.WAITING), None)
+        # The direct re-run (a re-run killed in turn has its own re-run, with a longer retry_history).
+        rerun = next((t for t in trials if t.system_attrs.get("retry_history", [None])[-1] == kill["trial"]), None)
         kill["rerun"] = rerun.number if rerun else None
         kill["rerun_state"] = rerun.state.name if rerun else None
         resumed = rerun.user_attrs.get("resumed_at_epoch", 0) if rerun else None
@@ -173,6 +173,9 @@ def summarize(study: optuna.Study, raw: dict[str, Any], kills: list[dict[str, An
             "duplicate_numbers": len(numbers) - len(set(numbers)),
         },
         "kills": kills,
+        "trials": [{"number": t.number, "state": t.state.name, "retry_history": t.system_attrs.get("retry_history"),
+                    "resumed_at_epoch": t.user_attrs.get("resumed_at_epoch"),
+                    "epochs": len(t.user_attrs.get("curve", []))} for t in trials],
         "totals": {
             "kills": len(kills),
             "epochs_redone_beyond_in_flight": sum(k["epochs_redone"] or 0 for k in kills),

@@ -51,7 +51,7 @@ class Objective:
         self.device = str(resolve_device(opts.device))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        checkpoint = TrialCheckpoint.of(trial, artifact_store(trial.study, self.spec.artifact_dir))
+        checkpoint = TrialCheckpoint.of(trial, artifact_store(trial.study, self.spec.storage, self.spec.artifact_dir))
         try:
             value = self._run(trial, checkpoint)
         except optuna.TrialPruned:

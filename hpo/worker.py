@@ -7,7 +7,7 @@ Workers share one storage (optuna's distributed mode) and coordinate only throug
 `start_study`) is spent, its deadline passed or the stop flag raised. Like optuna's MaxTrialsCallback there is
 no lock: K workers may run up to K - 1 trials beyond the budget. optuna's heartbeat fails a dead worker's
 trial and `RetryHeartbeatStaleTrialCallback` re-queues it; a worker whose budget is spent waits while trials
-of the run still run elsewhere, as one may yet die and need re-running.
+of the run still run elsewhere, as one may yet die, and runs every re-queued trial of the run before it stops.
 Ctrl-C or SIGTERM marks the running trial failed (fail_reason "interrupted") and re-queues it, then raises
 `Interrupted`; the CLI prints one line and exits 130 (SIGINT) or 143 (SIGTERM).
 """
@@ -268,7 +268,11 @@ class BudgetGuard:
         if budget.n_trials is None:
             return Step.RUN
         trials = study.get_trials(deepcopy=False)
-        if budget_used(trials, budget) < budget.n_trials:
+        # A queued trial of this run (the re-run of a dead or interrupted one) always runs: it holds the slot
+        # its first attempt held, so it is never left behind for the next run
+        # (tests/hpo/test_distributed.py::test_six_workers_two_killed_end_with_n_to_n_plus_5_trials).
+        if budget_used(trials, budget) < budget.n_trials or any(
+                t.state == TrialState.WAITING and t.number >= budget.first_trial for t in trials):
             return Step.RUN
         # Spent, but a trial running elsewhere may yet die and be re-queued; someone must stay to re-run it.
         # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
@@ -296,9 +300,9 @@ def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
 
 def counts_against_budget(t: FrozenTrial, budget: RunBudget) -> bool:
     """A trial of this run that uses a slot of `n_trials`. One failed by a stale heartbeat (no fail_reason)
-    or interrupted does not: its re-queued copy does, so a crash does not eat into the budget."""
+    or interrupted does not: its re-queued (WAITING) copy does, so a crash does not eat into the budget."""
     return t.number >= budget.first_trial and (
-        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING, TrialState.WAITING)
         or (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") not in (None, INTERRUPTED_REASON)))
 
 

@@ -96,3 +96,21 @@ def test_finished_trials_checkpoints_are_removed_unless_kept(tmp_path, tiny_cifa
     if keep:
         for t in trials:  # the last epoch each trial finished (a pruned one stops early)
             assert load_checkpoint(store / t.user_attrs["checkpoint"])["epoch"] == len(t.user_attrs["curve"])
+
+
+def test_checkpoints_live_in_the_store_whatever_the_working_directory(tmp_path, tiny_cifar, study_name):
+    """A SQLite study stores its artifact folder relative to the database; a worker started from another folder
+    must still checkpoint into it (it once wrote `artifacts/...` under its own working directory)."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir(), elsewhere.mkdir()
+    url = f"sqlite:///{home / 'study.db'}"
+    path = write_study(home, study_name, url, budget={"epochs": 2}, workers={"keep_checkpoints": True})
+    proc = subprocess.run([HPO, "study", "start", str(path), "--n-trials", "1", "--threads", "1", "--device", "cpu",
+                           "--data-dir", str(tiny_cifar)], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name=study_name, storage=url)
+    assert not Path(study.user_attrs["artifact_dir"]).is_absolute()  # stored relative to the database
+    trial = study.trials[0]
+    checkpoint = home / study.user_attrs["artifact_dir"] / trial.user_attrs["checkpoint"]
+    assert load_checkpoint(checkpoint)["epoch"] == len(trial.user_attrs["curve"])
+    assert list(elsewhere.iterdir()) == []
