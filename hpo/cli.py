@@ -22,12 +22,12 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 # import it too, and must keep Python's own Ctrl-C); the heavy imports happen inside the commands, under main().
 _sigint_before_import = signal.signal(signal.SIGINT, _interrupted_while_starting)
 
-from importlib.metadata import PackageNotFoundError, version  # noqa: E402
+from importlib.metadata import PackageNotFoundError, entry_points, version  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402
 
 import typer  # noqa: E402
 
-from hpo.commands import dashboard, data, distributed, model, retrain, study, train  # noqa: E402
+from hpo.commands import data, distributed, model, retrain, study, train  # noqa: E402
 from hpo.commands.options import INTERRUPTED_EXIT, Interrupted  # noqa: E402
 
 
@@ -48,8 +48,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 app.add_typer(model.model_app, name="model")
 app.add_typer(data.data_app, name="data")
 app.add_typer(study.app, name="study")
-for commands in (train.app, retrain.app, dashboard.app, distributed.app):
+for commands in (train.app, retrain.app, distributed.app):
     app.add_typer(commands)  # no name: these commands sit at the top level (hpo train, hpo retrain, ...)
+# Packages built on hpo add their commands (the dashboard package: `hpo dashboard`, `hpo report`), so hpo
+# never imports them.
+for plugin in entry_points(group="hpo.commands"):
+    app.add_typer(plugin.load())
 
 
 if _sigint_before_import is not None:

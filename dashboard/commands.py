@@ -1,4 +1,7 @@
-"""`hpo dashboard` (optuna-dashboard on a study's storage and artifacts) and `hpo report` (a standalone HTML)."""
+"""`hpo dashboard` (optuna-dashboard on a study's storage and artifacts) and `hpo report` (a standalone HTML).
+
+They live in the dashboard package, which builds on hpo (never the other way): `hpo` finds this typer app through
+the "hpo.commands" entry point in pyproject.toml."""
 
 from __future__ import annotations
 
