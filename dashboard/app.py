@@ -22,9 +22,9 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
 from cifarnet.config import read_toml
-from dashboard.studies import resolve_target
 from hpo.paths import resolve_artifact_dir
 from hpo.storage import open_existing_storage
+from hpo.studyfile import DEFAULT_STORAGE, load_study_file
 from hpo.errors import HPOError
 from hpo.exposure import LOOPBACK_NAMES, exposure_warning
 
@@ -174,7 +174,10 @@ def serve(config: DashboardConfig, storage: BaseStorage, announce: Callable[[str
 def run_dashboard(study: str | Path | None, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML,
                   announce: Callable[[str], None] = print) -> None:
     """`hpo dashboard`: resolve the study file / --storage, merge CLI > TOML > defaults, open, serve."""
-    target = resolve_target(study, cli.get("storage"))
-    config = DashboardConfig.build({**cli, "storage": target.storage,
-                                    "artifact_dir": cli.get("artifact_dir") or target.artifact_dir}, toml_path)
+    storage, artifact_dir = cli.get("storage") or DEFAULT_STORAGE, None
+    if study is not None:  # a study TOML: its storage (--storage still wins) and its artifact folder
+        spec = load_study_file(study, storage=cli.get("storage"))
+        storage, artifact_dir = spec.storage, spec.artifact_dir
+    config = DashboardConfig.build({**cli, "storage": storage, "artifact_dir": cli.get("artifact_dir") or artifact_dir},
+                                   toml_path)
     serve(config, open_existing_storage(config.storage), announce)

@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.run import write_text_atomic
 from dashboard.efficiency import pruning_section, strategy_section
-from dashboard.studies import resolve_target
 from hpo.retrains import describe_record, reference_retrain, retrain_records
+from hpo.paths import locate_study
 from hpo.storage import open_existing_storage
 from hpo.study import load_study, seed_baseline
 
@@ -57,9 +57,8 @@ def write_report(study: optuna.Study, path: str | Path, storage: optuna.storages
 
 def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
     """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
-    target = resolve_target(study, storage)
-    loaded = load_study(target.storage, target.study_name or str(study), read_only=True)
-    return write_report(loaded, out, open_existing_storage(target.storage, read_only=True))
+    name, url = locate_study(str(study), storage)
+    return write_report(load_study(url, name, read_only=True), out, open_existing_storage(url, read_only=True))
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:

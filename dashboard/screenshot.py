@@ -154,14 +154,13 @@ def screenshot_report(driver, report_html: Path, png: Path, min_charts: int = 3)
 def take_screenshots(study: str, storage: str | None, out_dir: Path) -> tuple[Path, Path]:
     """Both screenshots for one study (a study TOML or a name in --storage); the two PNG paths."""
     from dashboard.report import report_study
-    from dashboard.studies import resolve_target
+    from hpo.paths import locate_study
 
-    target = resolve_target(study, storage)
-    name = target.study_name or study
+    name, url = locate_study(study, storage)
     out_dir.mkdir(parents=True, exist_ok=True)
     dash_png, report_png = out_dir / f"dashboard-{name}.png", out_dir / f"report-{name}.png"
     args = [study] if study.endswith(".toml") else []
-    args += ["--storage", storage] if storage else ([] if args else ["--storage", target.storage])
+    args += ["--storage", storage] if storage else ([] if args else ["--storage", url])
     with tempfile.TemporaryDirectory() as tmp, chromium(1600, 1100) as driver:
         report = report_study(study, storage, Path(tmp) / "report.html")
         with running_dashboard(args) as dash:
