@@ -221,7 +221,10 @@ def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResul
                               "record_key": key})
     write_json_atomic(result.to_dict(), plan.out / "retrain.json")
     curve = {m: [h.get(m) for h in history] for m in ("test_acc", "train_acc")}
+    # Both folders as the study stores paths (hpo.paths): relative to a SQLite database's folder, so another
+    # machine (the dashboard's, a worker's) finds them in its copy of the shared store.
     plan.study.set_user_attr(key, {**result.to_dict(), "run_dir": run_dir, "started": started, "finished": now_iso(),
+                                   "artifact_dir": stored_artifact_dir(plan.artifact_dir, plan.storage_url),
                                    "curve": curve})
     return result
 

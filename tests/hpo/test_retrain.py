@@ -192,6 +192,9 @@ def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, 
     record = study.user_attrs[result.record_key]
     assert record["status"] == "missed" and record["trial"] == best
     assert resolve_artifact_dir(record["run_dir"], storage_url) == out.resolve()
+    assert resolve_artifact_dir(record["artifact_dir"], storage_url) == (tmp_path / "artifacts").resolve()
+    if storage_url.startswith("sqlite"):  # a database copied with its folder keeps working elsewhere
+        assert not Path(record["artifact_dir"]).is_absolute() and not Path(record["run_dir"]).is_absolute()
     assert record["curve"]["test_acc"] == [h["test_acc"] for h in json.loads((out / "metrics.json").read_text())["epochs"]]
     assert record["epochs_to_target"] is None and record["epochs_run"] == 2
     assert record["best_test_acc"] == result.best_test_acc and record["final_test_acc"] == result.final_test_acc
