@@ -10,7 +10,7 @@ The study is studies/quick.toml (space, recipe, sampler, pruner, budget: its tri
 timeout so the whole budget runs. `hpo study start` runs it in a new process group; `--kills` times the
 benchmark waits until a running trial has finished a randomly drawn epoch k, waits a random 20-80% of that
 trial's epoch time (so the kill lands in the middle of epoch k + 1), SIGKILLs the whole process group, reads
-the epoch of the trial's last checkpoint, and starts `hpo worker` (it joins under the stored budget, fails
+the epoch of the trial's last checkpoint, and starts `hpo study join` (it joins under the stored budget, fails
 the dead trial once its heartbeat is stale and runs its re-queued copy). After the run:
   resumed_at_epoch   where each re-run continued (hpo user_attr), next to the killed attempt's checkpoint epoch
   epochs_redone      epochs the re-run trained again beyond the epoch in flight (goal: 0)
@@ -145,7 +145,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                           "lost_in_flight_s": killed_at - checkpoint.stat().st_mtime,
                           "saved_s": sum(m["train_time_s"] + m["eval_time_s"] for m in state["history"])})
             print(f"kill {len(kills)}: trial {target.number} in epoch {state['epoch'] + 1}/{epochs}", flush=True)
-        proc = launch("worker", path, args, log)
+        proc = launch("study join", path, args, log)
     code = proc.wait()
     wall_s = time.time() - t0
     return summarize(study, raw, kills, wall_s, code)

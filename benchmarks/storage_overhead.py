@@ -118,7 +118,7 @@ def instrument(meter: Meter) -> None:
 
 
 def measured_worker(spec, opts: WorkerOptions, index: int, out: str) -> None:
-    """One worker process: instrument, run trials like `hpo worker`, write what was measured."""
+    """One worker process: instrument, run trials like `hpo study join`, write what was measured."""
     from cifarnet.data import load_cifar10
     from hpo.worker import run_worker
 

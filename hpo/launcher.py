@@ -1,4 +1,4 @@
-"""Local worker processes: one per device slot (`hpo worker --devices 0,1 --trials-per-device 2`, or
+"""Local worker processes: one per device slot (`hpo study join --devices 0,1 --trials-per-device 2`, or
 `hpo study start --workers K` on one device), started with spawn, stopped cleanly on Ctrl-C.
 
 A child reports expected errors as one line (like hpo.cli.main) and exits 1; 130 when interrupted, 143

@@ -1,4 +1,4 @@
-"""Workers on a Ray cluster: `hpo study start STUDY.toml --ray ADDRESS` and `hpo worker STUDY.toml --ray ADDRESS`.
+"""Workers on a Ray cluster: `hpo study start STUDY.toml --ray ADDRESS` and `hpo study join STUDY.toml --ray ADDRESS`.
 
 Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays the only source of truth:
 - One Ray task per worker slot, each running hpo.worker.run_worker: the same trial loop as a local worker, on
@@ -62,7 +62,7 @@ def start_study_on_ray(spec: StudySpec, opts: WorkerOptions, ray_opts: RayOption
 
 
 def join_study_on_ray(spec: StudySpec, opts: WorkerOptions, ray_opts: RayOptions) -> StudyStatus:
-    """`hpo worker --ray`: add workers on a Ray cluster to a study started elsewhere."""
+    """`hpo study join --ray`: add workers on a Ray cluster to a study started elsewhere."""
     ray = _connect(ray_opts.address)
     try:
         run_on_ray(ray, spec, opts, ray_opts, seeded=False)

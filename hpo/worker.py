@@ -1,4 +1,4 @@
-"""Running a study: `start_study` (create/resume, then K local worker processes), `join_study` (`hpo worker`:
+"""Running a study: `start_study` (create/resume, then K local worker processes), `join_study` (`hpo study join`:
 join from any process or machine, one process per device slot) and `run_worker` (one process's trials).
 
 Workers share one storage (optuna's distributed mode) and coordinate only through it; each runs
@@ -106,7 +106,7 @@ def begin_run(spec: StudySpec) -> RunBudget:
 
 
 def join_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> StudyStatus:
-    """`hpo worker`: join a study started elsewhere, under the budget its `hpo study start` stored, with one
+    """`hpo study join`: join a study started elsewhere, under the budget its `hpo study start` stored, with one
     process per device slot (`opts.devices`)."""
     _check_inputs(opts)
     _run_slots(spec, opts, seeded=False)
