@@ -148,11 +148,11 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         proc = launch("study join", path, args, log)
     code = proc.wait()
     wall_s = time.time() - t0
-    return summarize(study, raw, kills, wall_s, code)
+    return summarize(study, raw, kills, wall_s, code, args.seed)
 
 
 def summarize(study: optuna.Study, raw: dict[str, Any], kills: list[dict[str, Any]], wall_s: float,
-              code: int) -> dict[str, Any]:
+              code: int, seed: int) -> dict[str, Any]:
     trials = study.get_trials(deepcopy=False)
     for kill in kills:
         # The direct re-run (a re-run killed in turn has its own re-run, with a longer retry_history).
@@ -165,7 +165,8 @@ def summarize(study: optuna.Study, raw: dict[str, Any], kills: list[dict[str, An
         kill["epochs_saved"] = resumed
     numbers = [t.number for t in trials]
     return {
-        "date": now_iso(), "hardware": describe_hardware(), "study": raw["study"], "budget": raw["budget"],
+        "date": now_iso(), "hardware": describe_hardware(), "command": " ".join(["python", *sys.argv]),
+        "kill_seed": seed, "study": raw["study"], "sampler": raw.get("sampler"), "budget": raw["budget"],
         "workers": raw["workers"], "exit_code": code, "wall_s": round(wall_s, 1),
         "budget_check": {
             "finished": sum(t.state in DONE for t in trials), "trials": raw["study"]["trials"],
