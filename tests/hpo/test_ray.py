@@ -5,6 +5,8 @@ Ctrl-C on the driver, and the error without Ray. Every Ray process the module st
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -21,7 +23,8 @@ from hpo.consistency import check_consistency
 from hpo.ray_workers import RayOptions, slots
 from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
-from tests.hpo.test_distributed import pg_url, storage_for, trials_of, wait_for  # noqa: F401  (pg_url: fixture)
+from tests.hpo.test_distributed import (pg_url, storage_for, trials_of, wait_for,  # noqa: F401  (pg_url: fixture)
+                                        worker_pid)
 
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -125,7 +128,13 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
                      and len(t.user_attrs.get("curve", [])) >= 1), None)
 
     victim = wait_for(trial_on_spare_node, proc, "a trial on the spare node finished an epoch", timeout_s=180)
-    cluster.remove_node(spare, allow_graceful=False)  # SIGKILLs the node's raylet; its workers exit soon after
+    cluster.remove_node(spare, allow_graceful=False)  # SIGKILLs the node's raylet and object store
+    # A lost machine takes its processes with it at once; here its Ray workers would notice their raylet's
+    # death only after a while (under load, an epoch or more), so they go the same way.
+    for t in trials_of(pg_url, study_name):
+        if t.state == TrialState.RUNNING and t.user_attrs.get("placement", {}).get("node_id") == spare.node_id:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(worker_pid(t), signal.SIGKILL)
     out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, err  # Ray ran the lost workers again elsewhere
     # The dead attempt's own checkpoint file, as its process left it (it may finish an epoch while it notices
