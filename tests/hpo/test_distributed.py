@@ -118,7 +118,7 @@ def test_sqlite_worker_slots_join_a_running_study_without_lock_errors(tmp_path, 
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     start = hpo_popen("study", "start", str(path), "--n-trials", "10", *data, cwd=tmp_path)
     wait_for(lambda: trials_of(url, study_name), start, "the study was created")
-    worker = subprocess.run([HPO, "worker", str(path), "--devices", "cpu", "--trials-per-device", "2", *data],
+    worker = subprocess.run([HPO, "study", "join", str(path), "--devices", "cpu", "--trials-per-device", "2", *data],
                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
     out, err = start.communicate(timeout=120)
     assert start.returncode == 0 and worker.returncode == 0, err + worker.stderr
@@ -224,9 +224,9 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, tiny_cifar, pg_url, s
     data = ["--data-dir", str(tiny_cifar)]
     for args, words in [
         (["study", "start", str(path), "--data-dir", str(truncated)], ["data_batch_3", "truncated or corrupt"]),
-        (["worker", str(other), *data], ["no study", "hpo study start"]),
-        (["worker", str(changed), *data], ["different [space]"]),
-        (["worker", str(other), "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test", *data],
+        (["study", "join", str(other), *data], ["no study", "hpo study start"]),
+        (["study", "join", str(changed), *data], ["different [space]"]),
+        (["study", "join", str(other), "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test", *data],
          ["cannot open storage"]),
     ]:
         _one_line_error(subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True), *words)

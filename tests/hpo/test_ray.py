@@ -94,7 +94,7 @@ def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_pa
     assert len(epochs_done) >= 2
 
     # Workers joining on Ray finish the interrupted run under its stored budget.
-    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, command=("worker",))
+    proc = start_on_ray(path, cluster.address, slower_cifar, tmp_path, command=("study", "join"))
     out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, err
     assert "complete: val_acc" in out  # the workers' progress lines reach the driver

@@ -89,7 +89,7 @@ def test_killed_worker_trial_is_failed_and_rerun(tmp_path, tiny_cifar, storage_u
         proc.wait()
     time.sleep(3)  # let its heartbeat go stale (grace period 2 s)
 
-    r = hpo("worker", str(path), *data, cwd=tmp_path)  # joins the run and finds the dead trial
+    r = hpo("study", "join", str(path), *data, cwd=tmp_path)  # joins the run and finds the dead trial
     killed, rerun = trials_of(storage_url, study_name)
     assert killed.state == TrialState.FAIL and "fail_reason" not in killed.user_attrs
     assert rerun.state == TrialState.COMPLETE and rerun.params == killed.params

@@ -61,7 +61,7 @@ def test_stalled_worker_drops_its_lost_trial_and_goes_on(tmp_path, tiny_cifar, s
         trial = wait_until(lambda: first_epoch_done(storage_url, study_name), stalled, "a trial finished an epoch")
         stalled.send_signal(signal.SIGSTOP)
         time.sleep(3)  # past the grace period (2 s)
-        other = subprocess.run([HPO, "worker", str(path), *data], cwd=tmp_path, capture_output=True, text=True,
+        other = subprocess.run([HPO, "study", "join", str(path), *data], cwd=tmp_path, capture_output=True, text=True,
                                timeout=120)
         assert trials_of(storage_url, study_name)[trial.number].state == TrialState.FAIL
     finally:
