@@ -290,7 +290,7 @@ def test_join_after_the_run_ended_says_nothing_is_left(tmp_path, tiny_cifar):
     assert "nothing left to do" in hpo("worker", str(path), *data).stdout  # the old name still works
 
 
-def test_grpc_proxy_storage_warns_that_heartbeats_and_the_lock_are_off(tmp_path, tiny_cifar):
+def test_grpc_proxy_storage_warns_that_heartbeats_are_off(tmp_path, tiny_cifar):
     path = write_study(tmp_path, "proxied", "grpc://127.0.0.1:1")
     r = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar)], capture_output=True,
                        text=True, env=ENV, timeout=120)
