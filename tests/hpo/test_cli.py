@@ -60,6 +60,20 @@ def test_help_and_version_load_no_torch():
     assert "join" in hpo("study", "--help").stdout
 
 
+def test_inspection_commands_do_not_load_torch(tmp_path, study_name):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    begin_run(load_study_file(write_study(tmp_path, study_name, url)))
+    code = ("import sys; from hpo.cli import main\n"
+            "try:\n    main(sys.argv[1:])\n"
+            "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
+    for args, exit_code in [(["study", "status", study_name], 0), (["study", "list"], 0),
+                            (["study", "verify", study_name], 0), (["study", "best", study_name], 1)]:
+        r = subprocess.run([sys.executable, "-c", code, *args, "--storage", url], capture_output=True, text=True,
+                           env=ENV, cwd=tmp_path)
+        assert r.returncode == exit_code, (args, r.stderr)
+        assert r.stderr.endswith("no torch\n"), (args, r.stderr)
+
+
 def test_defaults_copied_to_keep_help_light_match_the_library():
     from hpo.commands.distributed import GRPC_DEFAULT_PORT
     from hpo.storage import GRPC_DEFAULT_PORT as LIBRARY_PORT
