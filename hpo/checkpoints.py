@@ -27,7 +27,6 @@ import optuna
 from optuna.trial import TrialState
 
 from cifarnet.train import load_checkpoint
-from hpo.paths import resolve_artifact_dir
 
 CHECKPOINT_DIR = "checkpoints"  # inside the study's artifact store
 
@@ -72,13 +71,6 @@ def retry_history(trial: optuna.Trial) -> list[int]:
     running = trial.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     frozen = next((t for t in running if t.number == trial.number), None)
     return list(frozen.system_attrs.get("retry_history", [])) if frozen is not None else []
-
-
-def artifact_store(study: optuna.Study, storage_url: str, default: str) -> Path:
-    """The study's artifact folder on this machine: the one stored on the study (hpo.study writes it, relative
-    to a SQLite file's folder), else the study file's. Never relative to the worker's working directory
-    (tests/hpo/test_preemption.py::test_checkpoints_live_in_the_store_whatever_the_working_directory)."""
-    return resolve_artifact_dir(study.user_attrs.get("artifact_dir"), storage_url) or Path(default)
 
 
 def _copy_atomic(source: Path, target: Path) -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -28,7 +29,7 @@ from cifarnet.data import Splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, resolve_device, train
-from hpo.checkpoints import TrialCheckpoint, artifact_store, relative_path
+from hpo.checkpoints import TrialCheckpoint, relative_path
 from hpo.space import suggest_config
 from hpo.study import INTERRUPTED_REASON, request_stop
 from hpo.studyfile import StudySpec
@@ -44,14 +45,15 @@ PLACEMENT: dict[str, Any] = {}
 
 
 class Objective:
-    """`study.optimize(Objective(spec, splits, opts))`; returns the best validation accuracy of a trial."""
+    """`study.optimize(Objective(spec, splits, opts, store))`; returns the best validation accuracy of a trial.
+    `store` is the study's artifact folder on this machine, where each trial checkpoints (hpo.checkpoints)."""
 
-    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions = RunOptions(progress=False)):
-        self.spec, self.splits, self.opts = spec, splits, opts
+    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path):
+        self.spec, self.splits, self.opts, self.store = spec, splits, opts, store
         self.device = str(resolve_device(opts.device))
 
     def __call__(self, trial: optuna.Trial) -> float:
-        checkpoint = TrialCheckpoint.of(trial, artifact_store(trial.study, self.spec.storage, self.spec.artifact_dir))
+        checkpoint = TrialCheckpoint.of(trial, self.store)
         try:
             value = self._run(trial, checkpoint)
         except optuna.TrialPruned:

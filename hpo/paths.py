@@ -61,6 +61,12 @@ def resolve_artifact_dir(stored: str | None, storage_url: str) -> Path | None:
     return ((db.parent if db is not None else Path.cwd()) / path).resolve()
 
 
+def study_artifact_dir(user_attrs: dict, storage_url: str, fallback: str | Path) -> Path:
+    """A study's artifact folder on this machine: the one it stores (user_attr "artifact_dir"), else `fallback`
+    (tests/hpo/test_preemption.py::test_checkpoints_live_in_the_store_whatever_the_working_directory)."""
+    return resolve_artifact_dir(user_attrs.get("artifact_dir"), storage_url) or Path(fallback).resolve()
+
+
 def locate_study(name_or_file: str, storage: str | None) -> tuple[str, str]:
     """(study name, storage URL) from a study NAME or a study TOML: --storage wins, then the file's storage,
     then the default database."""

@@ -35,7 +35,7 @@ from cifarnet.redact import hide_passwords
 from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
-from hpo.paths import locate_study, resolve_artifact_dir, stored_artifact_dir
+from hpo.paths import locate_study, stored_artifact_dir, study_artifact_dir
 from hpo.retrains import new_record_key, retrain_records
 from hpo.plots import learning_curve_figure
 from hpo.space import suggest_config
@@ -145,8 +145,7 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
                            f"or choose another --out")
     if options.resume:
         check_resumable(out / "checkpoint.pt", cfg)  # names what differs: another trial, seed or --max-epochs
-    artifact_dir = (resolve_artifact_dir(study.user_attrs.get("artifact_dir"), url)
-                    or Path(spec.artifact_dir or Path("artifacts") / study.study_name).resolve())
+    artifact_dir = study_artifact_dir(study.user_attrs, url, spec.artifact_dir or Path("artifacts") / study.study_name)
     return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
                        target=float(options.target), out=out, artifact_dir=artifact_dir, options=options,
                        storage_url=url)

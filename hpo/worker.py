@@ -37,7 +37,7 @@ from hpo.errors import HPOError, first_line
 from hpo.launcher import check_device, run_processes
 from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
-from hpo.paths import resolve_artifact_dir
+from hpo.paths import study_artifact_dir
 from hpo.storage import Heartbeat, display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
     open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
@@ -153,8 +153,8 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     budget = _stored_budget(study, spec)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
-    artifact_dir = Path(resolve_artifact_dir(study.user_attrs.get("artifact_dir"), spec.storage) or spec.artifact_dir)
-    runner = TrialRunner(Objective(spec, splits, run_opts), artifact_dir)
+    artifact_dir = study_artifact_dir(study.user_attrs, spec.storage, spec.artifact_dir)
+    runner = TrialRunner(Objective(spec, splits, run_opts, artifact_dir), artifact_dir)
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
         run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
