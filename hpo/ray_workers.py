@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from hpo.errors import HPOError
+from hpo.errors import HPOError, first_line
 from hpo.study import StudyStatus, study_status
 from hpo.studyfile import StudySpec
 from hpo.worker import WorkerOptions, begin_run, run_worker
@@ -132,9 +132,9 @@ def _wait_all(ray: ModuleType, refs: list, names: dict) -> list[str]:
             ray.get(done[0])
         except ray.exceptions.RayTaskError as e:  # the worker raised: its own message (HPOError, ...)
             cause = e.cause if isinstance(e.cause, BaseException) else e
-            failed.append(f"{names[done[0]]}: {type(cause).__name__}: {_first_line(cause)}")
+            failed.append(f"{names[done[0]]}: {type(cause).__name__}: {first_line(cause)}")
         except ray.exceptions.RayError as e:  # lost more often than TASK_RETRIES, or cancelled
-            failed.append(f"{names[done[0]]}: {type(e).__name__}: {_first_line(e)}")
+            failed.append(f"{names[done[0]]}: {type(e).__name__}: {first_line(e)}")
     return failed
 
 
@@ -154,7 +154,7 @@ def _connect(address: str) -> ModuleType:
     try:
         ray.init(**kwargs)
     except (ConnectionError, ValueError, RuntimeError) as e:
-        raise HPOError(f"cannot connect to the Ray cluster at {address!r}: {_first_line(e)} (start one with "
+        raise HPOError(f"cannot connect to the Ray cluster at {address!r}: {first_line(e)} (start one with "
                        f"`ray start --head`, or pass --ray local for a cluster on this machine only)") from None
     return ray
 
@@ -182,8 +182,3 @@ def import_ray() -> ModuleType:
     except ImportError:
         raise HPOError(f"--ray needs Ray, which is not installed: {RAY_EXTRA_HINT}") from None
     return ray
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip() or type(error).__name__
-    return text.splitlines()[0]
