@@ -19,8 +19,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.run import write_text_atomic
 from dashboard.efficiency import pruning_section, strategy_section
-from hpo.retrains import describe_record, reference_retrain, retrain_records
 from hpo.paths import locate_study
+from hpo.retrains import describe_record, reference_retrain, retrain_records
 from hpo.storage import open_existing_storage
 from hpo.study import load_study, seed_baseline
 
@@ -28,6 +28,8 @@ from hpo.study import load_study, seed_baseline
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
 MIN_TRIALS_FOR_IMPORTANCE = 4
 BASELINE_MARKER = dict(symbol="star", size=18, color="gold", line=dict(color="black", width=1))
+
+
 @dataclass(frozen=True)
 class Section:
     key: str  # HTML id of the section, stable for links and tests
@@ -58,7 +60,8 @@ def write_report(study: optuna.Study, path: str | Path, storage: optuna.storages
 def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
     """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
     name, url = locate_study(str(study), storage)
-    return write_report(load_study(url, name, read_only=True), out, open_existing_storage(url, read_only=True))
+    opened = open_existing_storage(url, read_only=True)  # read once: the study and its sibling studies
+    return write_report(load_study(url, name, storage=opened), out, opened)
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:

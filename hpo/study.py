@@ -171,8 +171,11 @@ def with_lock_retry(fn):
     raise AssertionError("unreachable")
 
 
-def load_study(storage_url: str, name: str, read_only: bool = False) -> optuna.Study:
-    storage = open_existing_storage(storage_url, read_only=read_only)
+def load_study(storage_url: str, name: str, read_only: bool = False,
+               storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
+    """Study `name` at `storage_url` (or in `storage`, already opened for that URL), or one line naming the
+    studies that are there."""
+    storage = storage or open_existing_storage(storage_url, read_only=read_only)
     try:
         return optuna.load_study(study_name=name, storage=storage)
     except KeyError:
