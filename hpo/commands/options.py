@@ -71,13 +71,6 @@ NameArg = Annotated[str, typer.Argument(
 StudyFileArg = Annotated[Path, typer.Argument(help="Study TOML (see studies/*.toml).", show_default=False)]
 
 
-def study_target(name_or_file: str, storage: str | None) -> tuple[str, str]:
-    """(study name, storage URL) from a NAME or a study TOML (hpo.paths.locate_study)."""
-    from hpo.paths import locate_study
-
-    return locate_study(name_or_file, storage)
-
-
 def as_json(record: Any) -> str:
     return json.dumps(record, indent=2, default=str)
 

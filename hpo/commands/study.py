@@ -10,7 +10,8 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 import typer
 
 from hpo.commands.options import (DataDirOpt, DeviceOpt, FormatOpt, Interrupted, NameArg, OptionalDeviceOpt,
-                                  OutputFormat, StorageOpt, StudyFileArg, echo_record, study_target)
+                                  OutputFormat, StorageOpt, StudyFileArg, echo_record)
+from hpo.paths import locate_study  # os and pathlib only: `hpo --help` stays light
 
 T = TypeVar("T")
 
@@ -179,7 +180,7 @@ def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Ou
     from hpo.storage import open_existing_storage
     from hpo.study import load_spec, load_study, study_status
 
-    name, url = study_target(name, storage)
+    name, url = locate_study(name, storage)
     status = study_status(url, name)
     study = load_study(url, name)
     # A RUNNING trial whose heartbeat is older than the grace period belongs to a dead worker (verify's check).
@@ -198,7 +199,7 @@ def best_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Outp
     """The best completed trial: validation accuracy, parameters, size and the full training config."""
     from hpo.study import best_trial_record
 
-    name, url = study_target(name, storage)
+    name, url = locate_study(name, storage)
     record = best_trial_record(url, name)
     echo_record(record, format, format_best(record))
 
@@ -214,7 +215,7 @@ def summary_cmd(
     from cifarnet.run import write_json_atomic
     from hpo.summary import summarize_study
 
-    name, url = study_target(name, storage)
+    name, url = locate_study(name, storage)
     summary = summarize_study(url, name)
     echo_record(summary, format, format_summary(summary))
     if out is not None:
@@ -229,7 +230,7 @@ def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
     from hpo.errors import HPOError
     from hpo.storage import open_existing_storage
 
-    name, url = study_target(name, storage)
+    name, url = locate_study(name, storage)
     problems = check_consistency(open_existing_storage(url, read_only=True), name)
     if problems:
         raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
