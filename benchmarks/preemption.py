@@ -46,6 +46,7 @@ from cifarnet.run import write_json_atomic  # noqa: E402
 from cifarnet.train import load_checkpoint  # noqa: E402
 from hpo.checkpoints import relative_path  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
+from hpo.studyfile import to_toml  # noqa: E402
 
 HPO = str(Path(sys.executable).parent / "hpo")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -68,30 +69,8 @@ def write_study(args: argparse.Namespace, folder: Path) -> tuple[Path, dict[str,
                                                               ("grace_period", args.grace_period)) if v}}
     raw.update(study=study, budget=budget, workers=workers)
     path = folder / f"{name}.toml"
-    path.write_text(_to_toml(raw))
+    path.write_text(to_toml(raw))
     return path, raw
-
-
-def _to_toml(raw: dict[str, Any]) -> str:
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, list):
-            return "[" + ", ".join(value(x) for x in v) + "]"
-        if isinstance(v, dict):
-            return "{ " + ", ".join(f"{k} = {value(x)}" for k, x in v.items()) + " }"
-        return repr(v)
-
-    lines = []
-    for table, values in raw.items():
-        nested = {k: v for k, v in values.items() if isinstance(v, dict) and table != "space"}
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {value(v)}" for k, v in values.items() if k not in nested]
-        for sub, sub_values in nested.items():
-            lines += [f"[{table}.{sub}]", *(f"{k} = {value(v)}" for k, v in sub_values.items())]
-    return "\n".join(lines) + "\n"
 
 
 def launch(command: str, path: Path, args: argparse.Namespace, log) -> subprocess.Popen:

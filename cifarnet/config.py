@@ -241,19 +241,22 @@ def to_toml(cfg: TrainConfig, data: DataConfig | None = None) -> str:
     """The inverse of load_run_file (flat values, lists and two tables are all a run file needs)."""
     d = cfg.to_dict()
     model = d.pop("model")
-    lines = [f"{k} = {_toml_value(v)}" for k, v in d.items() if v is not None]  # TOML has no null: absent = None
-    lines += ["", "[model]"] + [f"{k} = {_toml_value(v)}" for k, v in model.items()]
+    lines = [f"{k} = {toml_value(v)}" for k, v in d.items() if v is not None]  # TOML has no null: absent = None
+    lines += ["", "[model]"] + [f"{k} = {toml_value(v)}" for k, v in model.items()]
     if data is not None:
         items = {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
-        lines += ["", "[data]"] + [f"{k} = {_toml_value(v)}" for k, v in items.items()]
+        lines += ["", "[data]"] + [f"{k} = {toml_value(v)}" for k, v in items.items()]
     return "\n".join(lines) + "\n"
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """One TOML value: booleans, numbers, strings, arrays and inline tables (what run and study files hold)."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     if isinstance(v, str):
         return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
     return repr(v)

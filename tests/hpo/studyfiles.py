@@ -7,6 +7,8 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from hpo.studyfile import to_toml
+
 TINY_STUDY: dict[str, Any] = {
     "study": {"name": "tiny", "trials": 2, "target_accuracy": 0.2},
     "sampler": {"kind": "tpe", "seed": 0, "n_startup_trials": 10},
@@ -34,28 +36,3 @@ def write_study(folder: Path, name: str, storage: str, **tables: dict[str, Any])
     path = folder / f"{name}.toml"
     path.write_text(to_toml(raw))
     return path
-
-
-def to_toml(raw: dict[str, Any]) -> str:
-    lines: list[str] = []
-    for table, values in raw.items():
-        nested = {k: v for k, v in values.items() if isinstance(v, dict) and table != "space"}
-        lines.append(f"[{table}]")
-        lines += [f"{k} = {_value(v)}" for k, v in values.items() if k not in nested]
-        for sub, sub_values in nested.items():
-            lines.append(f"[{table}.{sub}]")
-            lines += [f"{k} = {_value(v)}" for k, v in sub_values.items()]
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {_value(x)}" for k, x in v.items()) + " }"
-    return repr(v)

@@ -8,17 +8,24 @@ import math
 import random
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 
 from hpo.errors import StudyFileError
 from hpo.space import Choice
-from hpo.studyfile import load_study_file, spec_from_dict
+from hpo.studyfile import load_study_file, spec_from_dict, to_toml
 from tests.hpo.studyfiles import TINY_STUDY, write_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 HPO = str(Path(sys.executable).parent / "hpo")
+
+
+@pytest.mark.parametrize("name", ["smoke", "quick", "full"])
+def test_to_toml_writes_back_what_a_study_file_holds(name):
+    raw = tomllib.loads((STUDIES / f"{name}.toml").read_text())  # nested [train.model], inline [space] tables
+    assert tomllib.loads(to_toml(raw)) == raw
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "full"])
