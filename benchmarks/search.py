@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -84,53 +83,18 @@ def study_record(storage: str, name: str) -> dict[str, Any]:
     """The trials of one finished study, in the order they ran, with compute and best-so-far."""
     import optuna
 
-    from hpo.efficiency import anytime
+    from hpo.efficiency import study_record as record
 
-    rows = anytime(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
-    return {"study": name, "trials": rows, "epochs": rows[-1]["cum_epochs"] if rows else 0,
-            "seconds": round(rows[-1]["cum_seconds"], 1) if rows else 0.0,
-            "best": rows[-1]["best_so_far"] if rows else None}
+    return {"study": name, **record(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))}
 
 
 def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) -> dict[str, Any]:
-    """Headline ratios per strategy (paired by seed with random) and the pruner replay."""
-    from hpo.efficiency import compute_to_reach
+    """Headline ratios per strategy (hpo.efficiency.compare_strategies: paired by seed with random, and over
+    every seed pair) and the pruner replay."""
+    from hpo.efficiency import compare_strategies
     from hpo.replay import PRUNERS, replay_pruners
 
-    seeds = sorted({s for (_, s) in records})
-    out: dict[str, Any] = {"strategies": {}}
-    for strategy in STRATEGIES:
-        per_seed = {}
-        for seed in seeds:
-            rec, ref = records.get((strategy, seed)), records.get(("random", seed))
-            if rec is None or ref is None or ref["best"] is None:
-                continue
-            target = ref["best"]
-            entry = {"random_best": target, "best": rec["best"], "epochs_total": rec["epochs"],
-                     "seconds_total": rec["seconds"]}
-            for unit in ("epochs", "seconds"):
-                need = compute_to_reach(rec["trials"], target, unit)
-                ref_need = compute_to_reach(ref["trials"], target, unit)
-                entry[f"{unit}_to_random_best"] = need
-                entry[f"ratio_{unit}"] = None if need is None else round(need / ref_need, 3)
-            per_seed[seed] = entry
-        if not per_seed:
-            continue
-        ratios = [e["ratio_epochs"] if e["ratio_epochs"] is not None else float("inf") for e in per_seed.values()]
-        bests = [e["best"] for e in per_seed.values() if e["best"] is not None]
-        out["strategies"][strategy] = {
-            "per_seed": per_seed,
-            "median_ratio_epochs": _finite(statistics.median(ratios)),
-            "ratio_epochs_range": [_finite(min(ratios)), _finite(max(ratios))],
-            "median_ratio_seconds": _finite(statistics.median(
-                e["ratio_seconds"] if e["ratio_seconds"] is not None else float("inf") for e in per_seed.values())),
-            "reached_random_best": sum(e["ratio_epochs"] is not None for e in per_seed.values()),
-            "seeds": len(per_seed),
-            "median_best": statistics.median(bests) if bests else None,
-            "best_range": [min(bests), max(bests)] if bests else None,
-            "median_epochs_total": statistics.median(e["epochs_total"] for e in per_seed.values()),
-            **cross_paired(records, strategy, seeds),
-        }
+    out: dict[str, Any] = {"strategies": compare_strategies(records)}
     curves = [[row["val_curve"] for row in rec["trials"] if row["state"] == "COMPLETE"
                and len(row["val_curve"]) == budget_epochs]
               for (strategy, _), rec in sorted(records.items()) if strategy in UNPRUNED]
@@ -141,52 +105,13 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
     return out
 
 
-def cross_paired(records: dict[tuple[str, int], dict[str, Any]], strategy: str, seeds: list[int]) -> dict:
-    """Every seed of `strategy` against every seed of random (not only its own): TPE's and GP's first trials
-    are random draws from the same seed, so a paired comparison is degenerate when random found its best
-    among them."""
-    from hpo.efficiency import compute_to_reach
-
-    ratios = []
-    for s in seeds:
-        for r in seeds:
-            rec, ref = records.get((strategy, s)), records.get(("random", r))
-            if rec is None or ref is None or ref["best"] is None:
-                continue
-            need = compute_to_reach(rec["trials"], ref["best"], "epochs")
-            ratios.append(float("inf") if need is None else need / compute_to_reach(ref["trials"], ref["best"]))
-    if not ratios:
-        return {}
-    ratios.sort()
-    pick = [ratios[round(q * (len(ratios) - 1))] for q in (0.25, 0.5, 0.75)]  # nearest-rank quartiles
-    return {"cross_pairs": len(ratios), "cross_median_ratio_epochs": _finite(statistics.median(ratios)),
-            "cross_ratio_epochs_quartiles": [_finite(q) for q in pick],
-            "cross_reached": sum(r != float("inf") for r in ratios)}
-
-
-def _finite(x: float) -> float | None:
-    """JSON has no infinity: a ratio of a strategy that never reached the target is stored as null."""
-    return None if x == float("inf") else round(x, 3)
-
-
 def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path, png: bool = True) -> None:
-    """Anytime curves: best validation accuracy so far against epochs trained, one line per study."""
-    import plotly.graph_objects as go
-    from plotly.colors import qualitative
+    """Anytime curves (the report's strategy chart): best validation accuracy so far against epochs trained,
+    one line per study."""
+    from dashboard.report import strategy_figure
 
-    PALETTE = qualitative.Plotly
-
-    fig = go.Figure()
-    for i, strategy in enumerate(STRATEGIES):
-        for n, seed in enumerate(sorted(s for (k, s) in records if k == strategy)):
-            rows = [r for r in records[(strategy, seed)]["trials"] if r["best_so_far"] is not None]
-            fig.add_trace(go.Scatter(
-                x=[r["cum_epochs"] for r in rows], y=[r["best_so_far"] for r in rows], mode="lines",
-                line={"shape": "hv", "color": PALETTE[i % len(PALETTE)], "width": 2 if n == 0 else 1},
-                name=strategy, legendgroup=strategy, showlegend=n == 0, opacity=0.9 if n == 0 else 0.6,
-                hovertemplate=f"{strategy} seed {seed}<br>%{{x}} epochs<br>best val %{{y:.4f}}<extra></extra>"))
+    fig = strategy_figure(records)
     fig.update_layout(title="Best validation accuracy so far against epochs trained (one line per seed)",
-                      xaxis_title="epochs trained (all trials of the study)", yaxis_title="best val_acc so far",
                       template="plotly_white", width=1000, height=600)
     html = out / "anytime.html"
     fig.write_html(html, include_plotlyjs=True)

@@ -1,8 +1,10 @@
 """`hpo report`: one self-contained HTML page (plotly.js embedded: it must open with no internet) about a study.
 
 Sections: optimization history, per-epoch validation curves (pruned trials marked), parameter importances,
-parallel coordinates, accuracy against parameter count with its Pareto front, and the retrain curve. The seed
-baseline (the original CifarNet, user_attr "seed_baseline") is highlighted wherever it appears.
+parallel coordinates, accuracy against parameter count with its Pareto front, the epochs pruning saved, the
+search strategies compared (for the studies of benchmarks/search.py, named <benchmark>-<strategy>-s<seed>,
+stored side by side) and the retrain curves. The seed baseline (the original CifarNet, user_attr
+"seed_baseline") is highlighted wherever it appears.
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ import optuna
 import plotly.graph_objects as go
 import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
+from plotly.colors import qualitative
 
 from cifarnet.run import write_text_atomic
-from dashboard.efficiency import pruning_section, strategy_section
+from hpo.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
 from hpo.paths import locate_study
 from hpo.retrains import describe_record, reference_retrain, retrain_records
 from hpo.storage import open_existing_storage
@@ -43,11 +46,11 @@ def build_report(study: optuna.Study, storage: optuna.storages.BaseStorage | str
     (benchmarks/search.py) also gets the comparison with the other strategies stored beside it."""
     trials = study.get_trials(deepcopy=False)
     sections = [history_section(study, trials), curves_section(study, trials), importance_section(study, trials),
-                parallel_section(study, trials), size_section(trials), Section(*pruning_section(study, trials)),
+                parallel_section(study, trials), size_section(trials), pruning_section(study, trials),
                 retrain_section(study)]
     compared = strategy_section(study, storage) if storage is not None else None
     if compared is not None:
-        sections.insert(-1, Section(*compared))
+        sections.insert(-1, compared)
     return render_page(study, trials, sections)
 
 
@@ -166,6 +169,65 @@ def size_section(trials: list[FrozenTrial]) -> Section:
     fig.update_layout(xaxis_title="parameters", yaxis_title="val_acc (best epoch)", xaxis_type="log")
     return Section("size", title, fig, f"Pareto front (fewer parameters, higher accuracy): trials "
                                        f"{', '.join(str(p[2]) for p in front)}.")
+
+
+def pruning_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+    """Epochs trained and saved per trial."""
+    epochs = int(study.user_attrs.get("study_file", {}).get("budget", {}).get("epochs", 0)) or max(
+        (len(t.user_attrs.get("curve", [])) for t in trials), default=0)
+    s, title = pruning_savings(trials, epochs), "Compute saved by pruning"
+    if not s["epochs_unpruned"]:
+        return Section("pruning", title, None, "No trial has trained an epoch yet.")
+    shown = [t for t in sorted(trials, key=lambda t: t.number) if t.user_attrs.get("curve")]
+    ran = [len(t.user_attrs["curve"]) for t in shown]
+    saved = [epochs - r if t.state == TrialState.PRUNED else 0 for t, r in zip(shown, ran)]
+    fig = go.Figure([go.Bar(x=[t.number for t in shown], y=ran, name="epochs trained", marker_color="steelblue"),
+                     go.Bar(x=[t.number for t in shown], y=saved, name="epochs saved (pruned)",
+                            marker_color="lightgray")])
+    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="epochs")
+    return Section("pruning", title, fig, f"{s['pruned_trials']} pruned trial(s): {s['epochs_trained']} of "
+                   f"{s['epochs_unpruned']} epochs trained, {s['epochs_saved']} saved ({s['fraction_saved']:.0%}) "
+                   f"against running every trial to {epochs} epochs.")
+
+
+def strategy_section(study: optuna.Study, storage: optuna.storages.BaseStorage | str) -> Section | None:
+    """Every study of the same benchmark in `storage`, compared as benchmarks/search.py does
+    (hpo.efficiency.compare_strategies); None when the study is not one of a benchmark."""
+    match = BENCHMARK_NAME.match(study.study_name)
+    if match is None:
+        return None
+    records = {(m["strategy"], int(m["seed"])): study_record(
+        optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))
+        for name in sorted(optuna.get_all_study_names(storage))
+        if (m := BENCHMARK_NAME.match(name)) and m["benchmark"] == match["benchmark"]}
+    title = "Search strategies compared (same benchmark, same budget)"
+    if len({strategy for strategy, _ in records}) < 2:
+        return Section("strategies", title, None,
+                       f"Only one strategy of benchmark {match['benchmark']!r} in this storage.")
+    lines = []
+    for strategy, s in compare_strategies(records).items():
+        ratio = (f"x{s['median_ratio_epochs']:.2f} of random's (median)" if s["median_ratio_epochs"] is not None
+                 else "not reached by the median seed")
+        best = "-" if s["median_best"] is None else f"{s['median_best']:.4f}"
+        lines.append(f"{strategy}: median best {best} over {s['seeds']} seed(s), epochs to reach "
+                     f"random's best: {ratio}, reached in {s['reached_random_best']} of {s['seeds']} seed(s)")
+    fig = strategy_figure(records)
+    fig.update_layout(xaxis_title="epochs trained (whole study)", yaxis_title="best val_acc so far")
+    return Section("strategies", title, fig, "; ".join(lines) + "." if lines else "No random-search run to compare with.")
+
+
+def strategy_figure(records: dict[tuple[str, int], dict]) -> go.Figure:
+    """Anytime curves: best val_acc so far against epochs trained, one line per (strategy, seed) record."""
+    fig, strategies = go.Figure(), list(dict.fromkeys(k for k, _ in sorted(records)))
+    for (strategy, seed), record in sorted(records.items()):
+        rows = [r for r in record["trials"] if r["best_so_far"] is not None]
+        first = seed == min(s for k, s in records if k == strategy)
+        fig.add_trace(go.Scatter(
+            x=[r["cum_epochs"] for r in rows], y=[r["best_so_far"] for r in rows], mode="lines",
+            line=dict(shape="hv", color=qualitative.Plotly[strategies.index(strategy) % len(qualitative.Plotly)]),
+            name=strategy, legendgroup=strategy, showlegend=first,
+            hovertemplate=f"{strategy} seed {seed}<br>%{{x}} epochs<br>best val %{{y:.4f}}<extra></extra>"))
+    return fig
 
 
 def retrain_section(study: optuna.Study) -> Section:

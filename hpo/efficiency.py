@@ -1,5 +1,5 @@
-"""What a study spent and found, trial by trial: the figures behind the search-efficiency benchmark
-(benchmarks/search.py) and the report's "Compute" sections.
+"""What a study spent and found, trial by trial, and how search strategies compare on it: the figures behind the
+search-efficiency benchmark (benchmarks/search.py, results/search/summary.json) and the report's compute sections.
 
 Compute is counted in epochs trained (deterministic: it does not drift with the machine's load) and in
 training + evaluation seconds as recorded per epoch in each trial's "curve" user_attr. "Best so far" counts
@@ -9,6 +9,7 @@ COMPLETE trials only, as the study itself reports its best.
 from __future__ import annotations
 
 import re
+import statistics
 from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial, TrialState
@@ -55,3 +56,75 @@ def pruning_savings(trials: Iterable[FrozenTrial], budget_epochs: int) -> dict[s
         pruned += t.state == TrialState.PRUNED
     return {"epochs_trained": trained, "epochs_unpruned": full, "epochs_saved": full - trained,
             "fraction_saved": (full - trained) / full if full else 0.0, "pruned_trials": pruned}
+
+
+def study_record(trials: Iterable[FrozenTrial]) -> dict[str, Any]:
+    """A study's trials as `anytime` rows with its totals: the unit `compare_strategies` compares."""
+    rows = anytime(trials)
+    return {"trials": rows, "epochs": rows[-1]["cum_epochs"] if rows else 0,
+            "seconds": round(rows[-1]["cum_seconds"], 1) if rows else 0.0,
+            "best": rows[-1]["best_so_far"] if rows else None}
+
+
+def compare_strategies(records: dict[tuple[str, int], dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Per strategy (in the order of `records`), against random search with the same seed: the compute it needs
+    to reach random's final best as a ratio to what random needed (None: never reached), median and spread
+    over seeds, and the same over every (seed, random seed) pair. Records are `study_record`s keyed by
+    (strategy, seed)."""
+    out = {}
+    for strategy in dict.fromkeys(k for k, _ in records):
+        per_seed = {}
+        for seed in sorted(s for k, s in records if k == strategy):
+            rec, ref = records[(strategy, seed)], records.get(("random", seed))
+            if ref is None or ref["best"] is None:
+                continue
+            entry = {"random_best": ref["best"], "best": rec["best"], "epochs_total": rec["epochs"],
+                     "seconds_total": rec["seconds"]}
+            for unit in ("epochs", "seconds"):
+                need = compute_to_reach(rec["trials"], ref["best"], unit)
+                entry[f"{unit}_to_random_best"] = need
+                entry[f"ratio_{unit}"] = None if need is None else round(
+                    need / compute_to_reach(ref["trials"], ref["best"], unit), 3)
+            per_seed[seed] = entry
+        if not per_seed:
+            continue
+        ratios = [_inf(e["ratio_epochs"]) for e in per_seed.values()]
+        bests = [e["best"] for e in per_seed.values() if e["best"] is not None]
+        out[strategy] = {
+            "per_seed": per_seed,
+            "median_ratio_epochs": _finite(statistics.median(ratios)),
+            "ratio_epochs_range": [_finite(min(ratios)), _finite(max(ratios))],
+            "median_ratio_seconds": _finite(statistics.median(_inf(e["ratio_seconds"]) for e in per_seed.values())),
+            "reached_random_best": sum(e["ratio_epochs"] is not None for e in per_seed.values()),
+            "seeds": len(per_seed),
+            "median_best": statistics.median(bests) if bests else None,
+            "best_range": [min(bests), max(bests)] if bests else None,
+            "median_epochs_total": statistics.median(e["epochs_total"] for e in per_seed.values()),
+            **_cross_paired(records, strategy),
+        }
+    return out
+
+
+def _cross_paired(records: dict[tuple[str, int], dict[str, Any]], strategy: str) -> dict[str, Any]:
+    """Every seed of `strategy` against every seed of random (not only its own): TPE's and GP's first trials
+    are random draws from the same seed, so a paired comparison is degenerate when random found its best
+    among them."""
+    ratios = sorted(
+        _inf(compute_to_reach(rec["trials"], ref["best"])) / compute_to_reach(ref["trials"], ref["best"])
+        for (k, _), rec in records.items() if k == strategy
+        for (r, _), ref in records.items() if r == "random" and ref["best"] is not None)
+    if not ratios:
+        return {}
+    pick = [ratios[round(q * (len(ratios) - 1))] for q in (0.25, 0.5, 0.75)]  # nearest-rank quartiles
+    return {"cross_pairs": len(ratios), "cross_median_ratio_epochs": _finite(statistics.median(ratios)),
+            "cross_ratio_epochs_quartiles": [_finite(q) for q in pick],
+            "cross_reached": sum(r != float("inf") for r in ratios)}
+
+
+def _inf(x: float | None) -> float:
+    return float("inf") if x is None else x
+
+
+def _finite(x: float) -> float | None:
+    """JSON has no infinity: a ratio of a strategy that never reached the target is stored as null."""
+    return None if x == float("inf") else round(x, 3)
