@@ -16,8 +16,8 @@ import optuna
 import pytest
 from optuna.artifacts.exceptions import ArtifactNotFound
 
+from benchmarks.screenshots import get_json, start_dashboard
 from dashboard.app import CONFIG_TOML, DashboardConfig, StudyArtifactStore
-from dashboard.screenshot import get_json, start_dashboard
 from hpo.errors import HPOError
 from hpo.storage import open_storage
 

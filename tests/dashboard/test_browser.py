@@ -11,8 +11,9 @@ import optuna
 import pytest
 from PIL import Image
 
+from benchmarks.screenshots import chromium, running_dashboard, screenshot_dashboard, screenshot_report, study_id
 from dashboard.report import write_report
-from dashboard.screenshot import chromium, running_dashboard, screenshot_dashboard, screenshot_report, study_id
+from tests.conftest import REPO
 
 MIN_COLOURS = 200  # a blank or error page has a handful; charts, text antialiasing and markers have thousands
 
@@ -70,7 +71,7 @@ def test_report_page_draws_every_chart(browser, demo_study, tmp_path):
 
 
 def test_screenshot_script_writes_both_pngs(demo_study, tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "dashboard.screenshot", str(demo_study.study_file),
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "screenshots.py"), str(demo_study.study_file),
                            "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr
     pngs = [tmp_path / f"{kind}-{demo_study.name}.png" for kind in ("dashboard", "report")]

@@ -1,11 +1,12 @@
 """Screenshots of a study's optuna-dashboard page and of its `hpo report`, taken with headless Chromium.
 
-    python -m dashboard.screenshot studies/quick.toml --out-dir results/
-    python -m dashboard.screenshot NAME --storage URL --out-dir results/
+    python benchmarks/screenshots.py studies/quick.toml --out-dir results/
+    python benchmarks/screenshots.py NAME --storage URL --out-dir results/
 
 Starts the real `hpo dashboard` on a free port, opens the study page, waits until its charts have drawn,
 saves `dashboard-<name>.png`; writes the report to a temporary file and saves `report-<name>.png`. The browser
-tests use the same helpers. Needs Debian's chromium and chromium-driver (.ci/browser-deps installs them).
+tests (tests/dashboard/test_browser.py, test_app.py) use the same helpers. Needs selenium (the test extra) and
+Debian's chromium and chromium-driver (.ci/browser-deps installs them).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 COUNT_CHARTS_JS = ("return [...document.querySelectorAll('.js-plotly-plot')]"
                    ".filter(e => e.querySelector('svg.main-svg')).length")
 HPO = Path(sys.executable).with_name("hpo")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))  # run as a script: dashboard and hpo from this checkout
 
 
 @contextmanager
