@@ -83,12 +83,7 @@ class StudyArtifactStore:
         return list(dict.fromkeys(([self._default] if self._default else []) + found))
 
     def open_reader(self, artifact_id: str) -> BinaryIO:
-        for folder in self.folders():
-            try:
-                return FileSystemArtifactStore(folder).open_reader(artifact_id)
-            except ArtifactNotFound:
-                continue
-        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the study artifact folders")
+        return FileSystemArtifactStore(self._folder_of(artifact_id)).open_reader(artifact_id)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
         folders = self.folders()
@@ -98,11 +93,14 @@ class StudyArtifactStore:
         FileSystemArtifactStore(folders[0]).write(artifact_id, content_body)
 
     def remove(self, artifact_id: str) -> None:
-        for folder in self.folders():
-            if (folder / artifact_id).exists():
-                FileSystemArtifactStore(folder).remove(artifact_id)
-                return
-        raise ArtifactNotFound(f"artifact {artifact_id} is in none of the study artifact folders")
+        FileSystemArtifactStore(self._folder_of(artifact_id)).remove(artifact_id)
+
+    def _folder_of(self, artifact_id: str) -> Path:
+        # FileSystemArtifactStore keeps an artifact as the file <folder>/<artifact id>.
+        found = next((f for f in self.folders() if (f / artifact_id).is_file()), None)
+        if found is None:
+            raise ArtifactNotFound(f"artifact {artifact_id} is in none of the study artifact folders")
+        return found
 
 
 def create_app(storage: BaseStorage, artifact_store: Any | None = None) -> Callable:

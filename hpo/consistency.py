@@ -1,14 +1,13 @@
 """What must hold in a study's records after any crash of any worker (`hpo study verify`).
 
-`check_consistency(storage, study_name)` returns the problems it finds (empty: consistent). Heartbeat times
-and orphaned rows are not visible through optuna's storage API, so those two checks query optuna's tables
-(`trials`, `trial_heartbeats`, `trial_intermediate_values`) of an RDB storage; behind the gRPC proxy they
-are skipped.
+Heartbeat times and orphaned rows are not visible through optuna's storage API, so those two checks query
+optuna's tables of an RDB storage; behind the gRPC proxy they are skipped.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from datetime import datetime
 from typing import Any
 
 import optuna
@@ -99,8 +98,6 @@ def _check_rows(engine: sqlalchemy.Engine, study_name: str, grace_period: float 
 
 
 def _timestamp(value: Any) -> Any:
-    from datetime import datetime
-
     if value is None:
         return None
     return (datetime.fromisoformat(value) if isinstance(value, str) else value).replace(tzinfo=None)

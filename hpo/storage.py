@@ -1,15 +1,9 @@
 """Open an Optuna storage from a URL: SQLite files, PostgreSQL and the gRPC proxy behave the same to callers.
 
-optuna's `RDBStorage` does the work: `pool_pre_ping` replaces connections the server dropped while idle, its
-heartbeat with `RetryHeartbeatStaleTrialCallback` fails and re-queues a dead worker's trial. Durable: every
-commit waits for the disk (optuna's and the databases' defaults). Added here:
-- one-line `StorageError`s for malformed, unreachable, corrupt or read-only-refused URLs (password hidden);
-- SQLite: a busy timeout, WAL (readers never block the writer) and transactions that take the write lock as
-  they begin (`_begin_immediate`); opening retries while another process creates the schema, and refuses a
-  corrupt file;
-- `read_only=True` (status, best, list, verify, report): SQLite opens with `mode=ro` and PostgreSQL sessions
-  are read-only, so inspecting a database never changes it;
-- one retry of a storage call on a connection that died under it (`ReconnectingRDBStorage`).
+optuna's `RDBStorage` does the work (`pool_pre_ping`; heartbeat + `RetryHeartbeatStaleTrialCallback` fail and
+re-queue a dead worker's trial), durable by default. Ours, each with the test that needs it: one-line
+`StorageError`s (password hidden); SQLite WAL, busy timeout and BEGIN IMMEDIATE; read-only opens for the
+inspecting commands; one retry of a call whose connection died under it; Ctrl-C held until a call ends.
 """
 
 from __future__ import annotations
@@ -21,9 +15,8 @@ import threading
 import time
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
@@ -33,19 +26,15 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, Operati
 from cifarnet.redact import hide_password
 from hpo.errors import Interrupted, StorageError, first_line
 
+if TYPE_CHECKING:
+    from hpo.studyfile import WorkerSpec
+
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another process's lock before giving up
 CONNECT_TIMEOUT_S = 10  # unreachable database servers (and proxies) fail after this
 OPEN_RETRIES = 5  # attempts while another process holds the lock during schema creation
 GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
 GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
-
-
-@dataclass(frozen=True)
-class Heartbeat:
-    interval: int  # seconds between heartbeats of a running trial
-    grace_period: int  # a RUNNING trial silent for this long belongs to a dead worker
-    max_retry: int  # re-runs of one dead trial before it stays FAIL
 
 
 def open_existing_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStorage:
@@ -57,9 +46,10 @@ def open_existing_storage(url: str, read_only: bool = False) -> optuna.storages.
     return open_storage(url, read_only=read_only)
 
 
-def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:
     """A storage for `url` (schema created if missing, unless read-only), or StorageError with a one-line reason.
-    The heartbeat is ignored behind a gRPC proxy (optuna's proxy client does not implement it)."""
+    With `heartbeat` (a study's [workers]), dead workers' trials are failed and re-queued; not behind a gRPC
+    proxy (optuna's proxy client does not implement it)."""
     parsed = parse_url(url)
     if parsed.drivername == GRPC_SCHEME:
         return _open_grpc_proxy(parsed)
@@ -74,7 +64,7 @@ def open_storage(url: str, heartbeat: Heartbeat | None = None, read_only: bool =
                 # The heartbeat options are marked experimental, but are the documented crash-safety path.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 heartbeat_kwargs = {} if heartbeat is None else dict(
-                    heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+                    heartbeat_interval=heartbeat.heartbeat_interval, grace_period=heartbeat.grace_period,
                     heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(heartbeat.max_retry))
                 storage = ReconnectingRDBStorage(parsed.render_as_string(hide_password=False),
                                                  engine_kwargs=_engine_kwargs(parsed, read_only),

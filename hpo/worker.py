@@ -1,15 +1,10 @@
 """Running a study: `start_study` (create/resume, then K local worker processes), `join_study` (`hpo study join`:
-join from any process or machine, one process per device slot) and `run_worker` (one process's trials).
+join from any process or machine) and `run_worker` (one process's trials).
 
-Workers share one storage (optuna's distributed mode) and coordinate only through it; each runs
-`study.optimize` with `catch=` for trial errors and two callbacks: a progress line per finished trial, and
-`BudgetGuard`, which stops optimize once the run's budget ("run_budget" study user_attr, set by
-`start_study`) is spent, its deadline passed or the stop flag raised. Like optuna's MaxTrialsCallback there is
-no lock: K workers may run up to K - 1 trials beyond the budget. optuna's heartbeat fails a dead worker's
-trial and `RetryHeartbeatStaleTrialCallback` re-queues it; a worker whose budget is spent waits while trials
-of the run still run elsewhere, as one may yet die, and runs every re-queued trial of the run before it stops.
-Ctrl-C or SIGTERM marks the running trial failed (fail_reason "interrupted") and re-queues it, then raises
-`Interrupted`; the CLI prints one line and exits 130 (SIGINT) or 143 (SIGTERM).
+Workers coordinate only through the storage: each runs `study.optimize` (`catch=` for trial errors) with a
+progress callback and `BudgetGuard`, which stops it when the run's stored budget is spent. optuna's heartbeat
+fails a dead worker's trial and re-queues it. Ctrl-C / SIGTERM fails the running trial as "interrupted",
+re-queues it and raises `Interrupted` (the CLI exits 130 / 143).
 """
 
 from __future__ import annotations
@@ -24,7 +19,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, TextIO
+from typing import Callable, TextIO
 
 import optuna
 import torch
@@ -38,7 +33,7 @@ from hpo.launcher import check_device, run_processes
 from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
-from hpo.storage import Heartbeat, display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
+from hpo.storage import display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
     open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
@@ -71,9 +66,6 @@ class RunBudget:
     deadline: float | None  # epoch seconds after which no trial starts
     started: float
 
-    def to_dict(self) -> dict[str, Any]:
-        return self.__dict__.copy()
-
 
 class Step(enum.Enum):
     RUN = "run a trial"
@@ -100,7 +92,7 @@ def begin_run(spec: StudySpec) -> RunBudget:
     # Queued trials (the baseline of a new study, re-runs of dead or interrupted trials) belong to this run.
     first = min([t.number for t in trials if t.state == TrialState.WAITING], default=len(trials))
     budget = RunBudget(first, spec.n_trials, now + spec.timeout if spec.timeout else None, now)
-    study.set_user_attr("run_budget", budget.to_dict())
+    study.set_user_attr("run_budget", dataclasses.asdict(budget))
     clear_stop(study)  # an explicit start means "run again", even after an earlier run hit its target
     return budget
 
@@ -142,8 +134,7 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     threads = opts.threads or max(1, usable_cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
-    w = spec.workers
-    storage = open_storage(spec.storage, Heartbeat(w.heartbeat_interval, w.grace_period, w.max_retry))
+    storage = open_storage(spec.storage, heartbeat=spec.workers)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
                                   pruner=build_pruner(spec))
@@ -158,7 +149,7 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
         run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
-                   w.heartbeat_interval)
+                   spec.workers.heartbeat_interval)
     return runner.ran
 
 
@@ -214,8 +205,12 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt:
-            if runner.current is not None:
-                _requeue_after_interrupt(study, runner.current)
+            if runner.current is not None:  # so the study does not lose it; the next start would do it too
+                try:
+                    requeue_interrupted(study, only=runner.current)
+                except Exception as e:  # a database problem here must not hide the interrupt
+                    _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it",
+                                 runner.current, e)
             raise
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
@@ -278,15 +273,6 @@ class BudgetGuard:
         # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
         still_running = any(t.state == TrialState.RUNNING and t.number >= budget.first_trial for t in trials)
         return Step.WAIT if still_running and self.can_wait else Step.STOP
-
-
-def _requeue_after_interrupt(study: optuna.Study, number: int) -> None:
-    """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
-    also do it); a database problem here must not hide the interrupt."""
-    try:
-        requeue_interrupted(study, only=number)
-    except Exception as e:
-        _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it", number, e)
 
 
 def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:

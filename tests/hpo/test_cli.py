@@ -199,8 +199,8 @@ def test_status_flags_a_running_trial_whose_heartbeat_is_stale(tmp_path, storage
     begin_run(load_study_file(write_study(tmp_path, study_name, storage_url)))  # as `hpo study start`; grace 3 s
     # A worker with optuna's heartbeat thread, stuck in its trial, then killed (no handler, no cleanup).
     worker = subprocess.Popen([sys.executable, "-c", (
-        "import time, optuna; from hpo.storage import Heartbeat, open_storage; "
-        f"s = open_storage({storage_url!r}, Heartbeat(1, 3, 1)); "
+        "import time, optuna; from hpo.storage import open_storage; from hpo.studyfile import WorkerSpec; "
+        f"s = open_storage({storage_url!r}, WorkerSpec(heartbeat_interval=1, grace_period=3, max_retry=1)); "
         f"optuna.load_study(study_name={study_name!r}, storage=s).optimize(lambda t: time.sleep(600), n_trials=1)")],
         env=ENV)
     try:

@@ -12,14 +12,15 @@ import optuna
 import pytest
 
 from hpo.errors import StorageError
-from hpo.storage import Heartbeat, display_url, open_storage
+from hpo.storage import display_url, open_storage
+from hpo.studyfile import WorkerSpec
 
 HPO = str(Path(sys.executable).parent / "hpo")
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
 def test_open_storage_creates_schema_with_heartbeat(storage_url, study_name):
-    storage = open_storage(storage_url, Heartbeat(interval=5, grace_period=15, max_retry=1))
+    storage = open_storage(storage_url, WorkerSpec(heartbeat_interval=5, grace_period=15, max_retry=1))
     assert storage.get_heartbeat_interval() == 5
     assert isinstance(storage.get_heartbeat_stale_trial_callback(),
                       optuna.storages.RetryHeartbeatStaleTrialCallback)
