@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from cifarnet.config import DataConfig
     from cifarnet.hardware import describe_hardware, now_iso
-    from cifarnet.run import train_to_dir, write_json_atomic
+    from cifarnet.files import write_json_atomic
+    from cifarnet.run import train_to_dir
     from cifarnet.train import RunOptions
     from hpo.retrain import replay_config
     from hpo.studyfile import spec_from_dict

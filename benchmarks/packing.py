@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
 
     from cifarnet.hardware import describe_hardware, now_iso
-    from cifarnet.run import write_json_atomic
+    from cifarnet.files import write_json_atomic
     from hpo.packing import this_machine
     from hpo.studyfile import spec_from_dict
 

@@ -42,7 +42,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifarnet.hardware import describe_hardware, now_iso  # noqa: E402
-from cifarnet.run import write_json_atomic  # noqa: E402
+from cifarnet.files import write_json_atomic  # noqa: E402
 from cifarnet.train import load_checkpoint  # noqa: E402
 from hpo.checkpoints import relative_path  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402

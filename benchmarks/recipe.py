@@ -15,7 +15,8 @@ from pathlib import Path
 
 from cifarnet.config import DataConfig, ModelConfig, TrainConfig
 from cifarnet.model import model_stats
-from cifarnet.run import train_to_dir, write_json_atomic
+from cifarnet.files import write_json_atomic
+from cifarnet.run import train_to_dir
 from cifarnet.train import RunOptions
 
 WIDE = ModelConfig(widths=(32, 48, 64, 128))  # 195,072 parameters: under the 200k budget

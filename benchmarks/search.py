@@ -27,7 +27,6 @@ import os
 import shlex
 import subprocess
 import sys
-import tempfile
 import time
 import tomllib
 from pathlib import Path
@@ -148,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from cifarnet.hardware import describe_hardware, now_iso
-    from cifarnet.run import write_json_atomic
+    from cifarnet.files import write_json_atomic
 
     torch.set_num_threads(os.cpu_count() or 1)
     base = tomllib.loads(args.study_file.read_text())

@@ -46,7 +46,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from cifarnet.hardware import describe_hardware, now_iso  # noqa: E402
-from cifarnet.run import write_json_atomic  # noqa: E402
+from cifarnet.files import write_json_atomic  # noqa: E402
 from hpo.storage import RETRIED_CALLS, open_storage  # noqa: E402
 from hpo.studyfile import spec_from_dict  # noqa: E402
 from hpo.worker import WorkerOptions, begin_run  # noqa: E402

@@ -32,7 +32,7 @@ from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.data import MEAN, STD, load_cifar10, make_splits
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import build_model
-from cifarnet.run import write_json_atomic
+from cifarnet.files import write_json_atomic
 from cifarnet.train import RunOptions, train
 
 

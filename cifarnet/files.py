@@ -3,9 +3,10 @@ chart behind (the reader sees the old file or the new one)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 
 def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -19,3 +20,11 @@ def write_atomic(path: str | Path, write: Callable[[Path], None]) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def write_text_atomic(text: str, path: str | Path) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(obj: Any, path: str | Path) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import datetime as dt
 import os
 import platform
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 def cpu_name() -> str:
@@ -21,6 +23,8 @@ def cpu_name() -> str:
 
 
 def describe_hardware(device: str | torch.device = "cpu") -> dict[str, object]:
+    import torch  # not at module level: now_iso serves commands that never load torch (hpo study summary)
+
     device = torch.device(device)
     info: dict[str, object] = {
         "device": str(device),

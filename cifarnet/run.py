@@ -3,14 +3,13 @@ a resumable checkpoint. `hpo train` and the benchmarks call this."""
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 from cifarnet.config import DataConfig, TrainConfig, to_toml
 from cifarnet.data import load_cifar10, make_splits
-from cifarnet.files import write_atomic
+from cifarnet.files import write_json_atomic, write_text_atomic
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
 from cifarnet.redact import hide_passwords
@@ -46,17 +45,6 @@ def check_resumable(checkpoint: Path, cfg: TrainConfig) -> None:
         shown = ", ".join(f"{n} {value(stored, n)!r} -> {value(wanted, n)!r}" for n in differ[:6])
         raise ConfigError(f"{checkpoint} was written for a different config ({shown}); resume with the same "
                           f"settings, or choose another --out")
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    """Write a temporary file beside `path`, then rename: readers and crashes never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def write_json_atomic(obj: Any, path: Path) -> None:
-    write_atomic(path, lambda tmp: tmp.write_text(json.dumps(obj, indent=2) + "\n"))
 
 
 def train_to_dir(

@@ -7,7 +7,6 @@ return True to stop early (retraining stops at its target). Nothing here knows a
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import sys
 import time

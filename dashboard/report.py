@@ -20,7 +20,7 @@ import plotly.offline
 from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 
-from cifarnet.run import write_text_atomic
+from cifarnet.files import write_text_atomic
 from hpo.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
 from hpo.paths import locate_study
 from hpo.retrains import describe_record, reference_retrain, retrain_records

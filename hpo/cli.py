@@ -70,8 +70,8 @@ def _root(
 
 # Commands that only read the study storage: they never need torch, so they start in a third of the time
 # (tests/hpo/test_cli.py::test_inspection_commands_do_not_load_torch).
-TORCH_FREE = {("study", "status"), ("study", "best"), ("study", "list"), ("study", "verify"), ("dashboard",),
-              ("storage-proxy",)}
+TORCH_FREE = {("study", "status"), ("study", "best"), ("study", "list"), ("study", "verify"), ("study", "summary"),
+              ("dashboard",), ("report",), ("storage-proxy",)}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,7 +22,7 @@ from cifarnet.augment import normalize
 from cifarnet.config import TrainConfig
 from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
 from cifarnet.model import build_model
-from cifarnet.run import write_json_atomic
+from cifarnet.files import write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError

@@ -29,10 +29,10 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
-from cifarnet.files import write_atomic
+from cifarnet.files import write_atomic, write_json_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
-from cifarnet.run import check_resumable, train_to_dir, write_json_atomic
+from cifarnet.run import check_resumable, train_to_dir
 from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
 from hpo.errors import HPOError
 from hpo.paths import locate_study, stored_artifact_dir, study_artifact_dir

@@ -212,7 +212,7 @@ def summary_cmd(
     format: FormatOpt = OutputFormat.table,
 ) -> None:
     """Trials complete/pruned/failed, best validation accuracy, wall time and epochs saved by pruning."""
-    from cifarnet.run import write_json_atomic
+    from cifarnet.files import write_json_atomic
     from hpo.summary import summarize_study
 
     name, url = locate_study(name, storage)

@@ -67,7 +67,8 @@ def test_inspection_commands_do_not_load_torch(tmp_path, study_name):
             "try:\n    main(sys.argv[1:])\n"
             "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
     for args, exit_code in [(["study", "status", study_name], 0), (["study", "list"], 0),
-                            (["study", "verify", study_name], 0), (["study", "best", study_name], 1)]:
+                            (["study", "verify", study_name], 0), (["study", "best", study_name], 1),
+                            (["study", "summary", study_name], 0), (["report", study_name, "-o", "r.html"], 0)]:
         r = subprocess.run([sys.executable, "-c", code, *args, "--storage", url], capture_output=True, text=True,
                            env=ENV, cwd=tmp_path)
         assert r.returncode == exit_code, (args, r.stderr)
