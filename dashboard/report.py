@@ -213,7 +213,8 @@ def strategy_section(study: optuna.Study, storage: optuna.storages.BaseStorage |
                      f"random's best: {ratio}, reached in {s['reached_random_best']} of {s['seeds']} seed(s)")
     fig = strategy_figure(records)
     fig.update_layout(xaxis_title="epochs trained (whole study)", yaxis_title="best val_acc so far")
-    return Section("strategies", title, fig, "; ".join(lines) + "." if lines else "No random-search run to compare with.")
+    note = "; ".join(lines) + "." if lines else "No random-search run to compare with."
+    return Section("strategies", title, fig, note)
 
 
 def strategy_figure(records: dict[tuple[str, int], dict]) -> go.Figure:
