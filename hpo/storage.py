@@ -190,8 +190,9 @@ def _retry_once_on_disconnect(method: Callable) -> Callable:
 
 
 # Each is one transaction of its own (so safe to run again): the storage API, and the ones optuna's cache
-# (which wraps every RDBStorage a study uses) calls instead of the public ones; looked up by name, so a
-# method a later optuna renames is simply not retried.
+# (which wraps every RDBStorage a study uses) calls instead of the public ones. Looked up by name: one a later
+# optuna renames is not retried, and tests/hpo/test_storage.py::test_every_retried_storage_call_exists_in_this_optuna
+# fails.
 RETRIED_CALLS = (
     "create_new_study", "get_study_id_from_name", "get_study_name_from_id", "get_study_directions",
     "get_study_user_attrs", "get_study_system_attrs", "set_study_user_attr", "set_study_system_attr",
