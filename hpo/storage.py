@@ -32,6 +32,11 @@ if TYPE_CHECKING:
 SQLITE_BUSY_TIMEOUT_S = 60  # how long a writer waits for another process's lock before giving up
 CONNECT_TIMEOUT_S = 10  # unreachable database servers (and proxies) fail after this
 OPEN_RETRIES = 5  # attempts while another process holds the lock during schema creation
+# PostgreSQL SQLSTATEs for "the server ended this session or refuses new ones for now": admin_shutdown
+# (pg_terminate_backend), crash_shutdown, cannot_connect_now (starting up or shutting down); and libpq's words
+# for a session that ended with no code (SQLAlchemy's psycopg2 dialect matches the same texts).
+SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
+SESSION_ENDED_TEXTS = ("server closed the connection unexpectedly", "terminating connection")
 GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
 GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
@@ -141,8 +146,14 @@ def is_locked(error: BaseException) -> bool:
 
 
 def is_disconnect(error: BaseException) -> bool:
-    """The database connection died under a call (server restart, pg_terminate_backend, network)."""
-    return any(isinstance(e, DBAPIError) and e.connection_invalidated for e in _chain(error))
+    """The database connection died under a call (server restart, pg_terminate_backend, network).
+
+    SQLAlchemy marks most such errors `connection_invalidated`, but not one raised while a new engine sets up
+    its first connection (every storage open: tests/hpo/test_storage.py::
+    test_opening_survives_connections_being_terminated), so the server's codes and libpq's words count too."""
+    return any(isinstance(e, DBAPIError) and (
+        e.connection_invalidated or getattr(e.orig, "sqlstate", None) in SERVER_ENDED_SESSION
+        or any(text in str(e.orig) for text in SESSION_ENDED_TEXTS)) for e in _chain(error))
 
 
 def is_transient(error: BaseException) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
+import threading
+import uuid
 from pathlib import Path
 
 import optuna
@@ -14,6 +16,7 @@ import pytest
 from hpo.errors import StorageError
 from hpo.storage import RETRIED_CALLS, ReconnectingRDBStorage, display_url, open_storage
 from hpo.studyfile import WorkerSpec
+from tests.conftest import POSTGRES_URL
 
 HPO = str(Path(sys.executable).parent / "hpo")
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -33,6 +36,34 @@ def test_every_retried_storage_call_exists_in_this_optuna():
     its trial cache calls: a name a newer optuna renamed would silently lose its retry, so it fails here."""
     assert [name for name in RETRIED_CALLS if not hasattr(optuna.storages.RDBStorage, name)] == []
     assert all(name in vars(ReconnectingRDBStorage) for name in RETRIED_CALLS)
+
+
+def test_opening_survives_connections_being_terminated():
+    """CI saw `hpo study start` exit 1 with "cannot open storage ...: (psycopg.errors.AdminShutdown) terminating
+    connection due to administrator command": SQLAlchemy had not marked that error a disconnect, so the open
+    was not retried. Thirty opens while every connection of this client is terminated four times a second
+    (before the fix about one open in twenty failed)."""
+    import sqlalchemy
+
+    app = f"hpo-test-{uuid.uuid4().hex[:8]}"
+    stop = threading.Event()
+
+    def terminate_all() -> None:
+        admin = sqlalchemy.create_engine(POSTGRES_URL, poolclass=sqlalchemy.pool.NullPool)
+        while not stop.wait(0.25):
+            with admin.connect() as conn:
+                conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                             "WHERE application_name = :app"), {"app": app})
+
+    killer = threading.Thread(target=terminate_all, daemon=True)
+    killer.start()
+    try:
+        for _ in range(30):
+            storage = open_storage(f"{POSTGRES_URL}?application_name={app}", read_only=True)
+            storage.engine.dispose()
+    finally:
+        stop.set()
+        killer.join()
 
 
 @pytest.mark.parametrize("url, message", [
