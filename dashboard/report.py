@@ -219,14 +219,14 @@ def strategy_section(study: optuna.Study, storage: optuna.storages.BaseStorage |
 
 def strategy_figure(records: dict[tuple[str, int], dict]) -> go.Figure:
     """Anytime curves: best val_acc so far against epochs trained, one line per (strategy, seed) record."""
-    fig, strategies = go.Figure(), list(dict.fromkeys(k for k, _ in sorted(records)))
+    fig, colours = go.Figure(), {}  # strategy -> its colour, also "has its legend entry"
     for (strategy, seed), record in sorted(records.items()):
         rows = [r for r in record["trials"] if r["best_so_far"] is not None]
-        first = seed == min(s for k, s in records if k == strategy)
+        first = strategy not in colours
+        colour = colours.setdefault(strategy, qualitative.Plotly[len(colours) % len(qualitative.Plotly)])
         fig.add_trace(go.Scatter(
             x=[r["cum_epochs"] for r in rows], y=[r["best_so_far"] for r in rows], mode="lines",
-            line=dict(shape="hv", color=qualitative.Plotly[strategies.index(strategy) % len(qualitative.Plotly)]),
-            name=strategy, legendgroup=strategy, showlegend=first,
+            line=dict(shape="hv", color=colour), name=strategy, legendgroup=strategy, showlegend=first,
             hovertemplate=f"{strategy} seed {seed}<br>%{{x}} epochs<br>best val %{{y:.4f}}<extra></extra>"))
     return fig
 

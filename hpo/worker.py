@@ -205,12 +205,8 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt:
-            if runner.current is not None:  # so the study does not lose it; the next start would do it too
-                try:
-                    requeue_interrupted(study, only=runner.current)
-                except Exception as e:  # a database problem here must not hide the interrupt
-                    _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it",
-                                 runner.current, e)
+            if runner.current is not None:
+                _requeue_after_interrupt(study, runner.current)
             raise
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
@@ -273,6 +269,15 @@ class BudgetGuard:
         # Without heartbeats (the gRPC proxy) a dead worker's trial would be waited for forever.
         still_running = any(t.state == TrialState.RUNNING and t.number >= budget.first_trial for t in trials)
         return Step.WAIT if still_running and self.can_wait else Step.STOP
+
+
+def _requeue_after_interrupt(study: optuna.Study, number: int) -> None:
+    """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
+    also do it); a database problem here must not hide the interrupt."""
+    try:
+        requeue_interrupted(study, only=number)
+    except Exception as e:
+        _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it", number, e)
 
 
 def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:
