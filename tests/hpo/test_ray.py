@@ -65,6 +65,13 @@ def check_trials(url: str, name: str) -> list:
     return trials
 
 
+def assert_budget(trials: list, n: int, workers: int) -> None:
+    """K workers share the budget without a lock (studies/README.md): N to N + K - 1 finished trials. Two
+    workers may both see the budget one short, or both see a dead trial's re-queued copy and one create a
+    new trial when the other took the copy."""
+    assert n <= len([t for t in trials if t.state in DONE]) <= n + workers - 1
+
+
 @pytest.mark.timeout(600)  # two runs of 4 Ray workers, slow when the machine is busy
 def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_path, cluster, slower_cifar,
                                                                           pg_url, study_name):
@@ -99,7 +106,7 @@ def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_pa
     assert proc.returncode == 0, err
     assert "complete: val_acc" in out  # the workers' progress lines reach the driver
     trials = check_trials(pg_url, study_name)
-    assert len([t for t in trials if t.state in DONE]) == n
+    assert_budget(trials, n, workers=4)  # 2 nodes x 2 workers of 1/2 GPU
     for number, k in epochs_done.items():
         rerun = next(t for t in trials if t.system_attrs.get("retry_history") == [number])
         assert rerun.state in DONE and rerun.user_attrs["resumed_at_epoch"] == k >= 1
@@ -130,11 +137,12 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     victim = wait_for(trial_on_spare_node, proc, "a trial on the spare node finished an epoch", timeout_s=180)
     cluster.remove_node(spare, allow_graceful=False)  # SIGKILLs the node's raylet and object store
     # A lost machine takes its processes with it at once; here its Ray workers would notice their raylet's
-    # death only after a while (under load, an epoch or more), so they go the same way.
-    for t in trials_of(pg_url, study_name):
-        if t.state == TrialState.RUNNING and t.user_attrs.get("placement", {}).get("node_id") == spare.node_id:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(worker_pid(t), signal.SIGKILL)
+    # death only after a while (under load, an epoch or more), so they go the same way: each worker that ran a
+    # trial there, also one between two trials (it would start another on the lost node).
+    for pid in {worker_pid(t) for t in trials_of(pg_url, study_name)
+                if t.user_attrs.get("placement", {}).get("node_id") == spare.node_id}:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     out, err = proc.communicate(timeout=420)
     assert proc.returncode == 0, err  # Ray ran the lost workers again elsewhere
     # The dead attempt's own checkpoint file, as its process left it (it may finish an epoch while it notices
@@ -142,7 +150,7 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     k = load_checkpoint(tmp_path / relative_path(victim.number))["epoch"]
 
     trials = check_trials(pg_url, study_name)
-    assert len([t for t in trials if t.state in DONE]) == n
+    assert_budget(trials, n, workers=3)
     dead = [t for t in trials if t.state == TrialState.FAIL]
     assert victim.number in [t.number for t in dead]
     for t in dead:  # only the removed node's trials failed, each by its stale heartbeat, and each was re-run
