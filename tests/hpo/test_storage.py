@@ -6,7 +6,6 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import sys
-import threading
 import uuid
 from pathlib import Path
 
@@ -40,30 +39,36 @@ def test_every_retried_storage_call_exists_in_this_optuna():
 
 def test_opening_survives_connections_being_terminated():
     """CI saw `hpo study start` exit 1 with "cannot open storage ...: (psycopg.errors.AdminShutdown) terminating
-    connection due to administrator command": SQLAlchemy had not marked that error a disconnect, so the open
-    was not retried. Thirty opens while every connection of this client is terminated four times a second
-    (before the fix about one open in twenty failed)."""
+    connection due to administrator command": the server ended a session while a new engine was still setting
+    it up, where the driver's error reaches SQLAlchemy unwrapped and is not marked a disconnect, so the open was
+    not retried. Here the server ends each of the first two connections of an open during its setup (in a pool
+    `connect` hook that then uses it, as session-setup hooks do); the open must retry and succeed.
+    Deterministic: an earlier version terminated connections on a 0.25 s timer, and on a slow CI machine an open
+    attempt could outlast every gap between kills (it failed there for that reason alone)."""
+    import psycopg
     import sqlalchemy
 
     app = f"hpo-test-{uuid.uuid4().hex[:8]}"
-    stop = threading.Event()
+    admin_dsn = sqlalchemy.make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    kills: list[int] = []
 
-    def terminate_all() -> None:
-        admin = sqlalchemy.create_engine(POSTGRES_URL, poolclass=sqlalchemy.pool.NullPool)
-        while not stop.wait(0.25):
-            with admin.connect() as conn:
-                conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                             "WHERE application_name = :app"), {"app": app})
+    def end_session_during_setup(dbapi_connection, connection_record) -> None:
+        info = dbapi_connection.info
+        if info.parameter_status("application_name") == app and len(kills) < 2:
+            with psycopg.connect(admin_dsn, autocommit=True) as admin:
+                # The timeout makes pg_terminate_backend wait until the session is gone.
+                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (info.backend_pid,))
+            kills.append(info.backend_pid)
+            dbapi_connection.execute("SET TIME ZONE 'UTC'")  # raises AdminShutdown
 
-    killer = threading.Thread(target=terminate_all, daemon=True)
-    killer.start()
+    sqlalchemy.event.listen(sqlalchemy.pool.Pool, "connect", end_session_during_setup)
     try:
-        for _ in range(30):
-            storage = open_storage(f"{POSTGRES_URL}?application_name={app}", read_only=True)
-            storage.engine.dispose()
+        storage = open_storage(f"{POSTGRES_URL}?application_name={app}")  # as `hpo study start` does
+        storage.get_all_studies()
+        storage.engine.dispose()
     finally:
-        stop.set()
-        killer.join()
+        sqlalchemy.event.remove(sqlalchemy.pool.Pool, "connect", end_session_during_setup)
+    assert len(kills) == 2
 
 
 @pytest.mark.parametrize("url, message", [
