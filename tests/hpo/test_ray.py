@@ -34,13 +34,19 @@ NODE = {"num_cpus": 2, "num_gpus": 1, "object_store_memory": 80 * 2**20}  # 2 wo
 
 @pytest.fixture(scope="module")
 def cluster():
-    """A head node and one worker node, each with 2 CPUs and 1 logical GPU."""
-    c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
-    c.add_node(**NODE)
-    c.wait_for_nodes()
-    yield c
-    nodes = c.list_all_nodes()
-    c.shutdown()
+    """A head node and one worker node, each with 2 CPUs and 1 logical GPU.
+
+    Its workers run at normal priority: Ray's default niceness 15 leaves them ~3% of a core beside one busy
+    process of normal priority, so any other load on the CI machine starved the trials (with two CPU-bound
+    processes beside it, the first test saw no two epochs in 180 s; at niceness 0 it passes)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("RAY_worker_niceness", "0")  # read by every raylet the cluster starts (also nodes added later)
+        c = Cluster(initialize_head=True, head_node_args={**NODE, "include_dashboard": False})
+        c.add_node(**NODE)
+        c.wait_for_nodes()
+        yield c
+        nodes = c.list_all_nodes()
+        c.shutdown()
     assert not any(node.any_processes_alive() for node in nodes)
 
 
