@@ -45,19 +45,17 @@ def test_opening_survives_connections_being_terminated():
     `connect` hook that then uses it, as session-setup hooks do); the open must retry and succeed.
     Deterministic: an earlier version terminated connections on a 0.25 s timer, and on a slow CI machine an open
     attempt could outlast every gap between kills (it failed there for that reason alone)."""
-    import psycopg
     import sqlalchemy
 
     app = f"hpo-test-{uuid.uuid4().hex[:8]}"
-    admin_dsn = sqlalchemy.make_url(POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
+    admin = sqlalchemy.create_engine(POSTGRES_URL, poolclass=sqlalchemy.pool.NullPool)
     kills: list[int] = []
 
     def end_session_during_setup(dbapi_connection, connection_record) -> None:
         info = dbapi_connection.info
         if info.parameter_status("application_name") == app and len(kills) < 2:
-            with psycopg.connect(admin_dsn, autocommit=True) as admin:
-                # The timeout makes pg_terminate_backend wait until the session is gone.
-                admin.execute("SELECT pg_terminate_backend(%s, 10000)", (info.backend_pid,))
+            with admin.connect() as conn:  # the timeout makes pg_terminate_backend wait until the session is gone
+                conn.execute(sqlalchemy.text("SELECT pg_terminate_backend(:pid, 10000)"), {"pid": info.backend_pid})
             kills.append(info.backend_pid)
             dbapi_connection.execute("SET TIME ZONE 'UTC'")  # raises AdminShutdown
 
