@@ -1,7 +1,7 @@
 """What must hold in a study's records after any crash of any worker (`hpo study verify`).
 
-Heartbeat times and orphaned rows are not visible through optuna's storage API, so those two checks query
-optuna's tables of an RDB storage; behind the gRPC proxy they are skipped.
+Heartbeat times are not visible through optuna's storage API, so that check queries optuna's tables of an RDB
+storage; behind the gRPC proxy it is skipped.
 """
 
 from __future__ import annotations
@@ -21,8 +21,6 @@ REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
 RUNNING_HEARTBEATS = sqlalchemy.text(
     "SELECT t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t JOIN studies s ON s.study_id = t.study_id "
     "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE s.study_name = :name AND t.state = 'RUNNING'")
-ORPHAN_VALUES = sqlalchemy.text("SELECT count(*) FROM trial_intermediate_values v "
-                                "WHERE NOT EXISTS (SELECT 1 FROM trials t WHERE t.trial_id = v.trial_id)")
 
 
 def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
@@ -32,7 +30,7 @@ def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
     - trial numbers are 0..M-1, each once;
     - every trial is finished (COMPLETE with a value, PRUNED, FAIL) or WAITING, or RUNNING with a heartbeat
       younger than `grace_period` (default: the study file's [workers] grace_period);
-    - intermediate values are epochs 1..k, and none belongs to a trial that does not exist;
+    - intermediate values are epochs 1..k;
     - a dead trial is re-queued at most once, and only a FAILED one;
     - the study user_attrs hpo relies on are there and the stored study file is valid.
     """
@@ -83,7 +81,6 @@ def _check_retries(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
 def _check_rows(engine: sqlalchemy.Engine, study_name: str, grace_period: float | None) -> list[str]:
     with engine.connect() as conn:
         running = conn.execute(RUNNING_HEARTBEATS, {"name": study_name}).all()
-        orphans = conn.execute(ORPHAN_VALUES).scalar()
     problems = []
     for number, beat, now in running:
         # optuna stores the database's own CURRENT_TIMESTAMP (UTC); SQLite returns both as text.
@@ -92,8 +89,6 @@ def _check_rows(engine: sqlalchemy.Engine, study_name: str, grace_period: float 
         if age is None or (grace_period is not None and age > grace_period):
             what = "no heartbeat" if age is None else f"a heartbeat {age:.0f} s old (grace period {grace_period} s)"
             problems.append(f"trial {number} is RUNNING with {what}")
-    if orphans:
-        problems.append(f"{orphans} intermediate value(s) belong to no trial")
     return problems
 
 

@@ -127,16 +127,7 @@ def parse_url(url: str) -> URL:
 
 
 def display_url(url: str) -> str:
-    """The URL with its password masked, for messages and listings, however malformed it is.
-
-    SQLAlchemy's own masking first; then `hide_password`, because make_url cuts an unescaped '@' in the
-    password at the first '@' (the rest would show as the host) and rejects some URLs outright."""
-    try:
-        parsed = make_url(url)
-        if parsed.password is not None:  # else keep the user's spelling (rendering escapes e.g. '@' in paths)
-            url = parsed.render_as_string(hide_password=True)
-    except (ArgumentError, ValueError, TypeError):
-        pass
+    """The URL with its password masked, for messages and listings, however malformed it is."""
     return hide_password(str(url))
 
 
