@@ -42,13 +42,14 @@ GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
 
 
-def open_existing_storage(url: str, read_only: bool = False) -> optuna.storages.BaseStorage:
+def open_existing_storage(url: str, read_only: bool = False,
+                          heartbeat: WorkerSpec | None = None) -> optuna.storages.BaseStorage:
     """Like `open_storage`, but a SQLite file that does not exist is an error, not a new empty database."""
     parsed = parse_url(url)
     if _sqlite_file(parsed) and not Path(parsed.database).expanduser().is_file():
         raise StorageError(f"no study database at {Path(parsed.database).expanduser().resolve()} "
                            f"({display_url(url)}); pass a study file or --storage")
-    return open_storage(url, read_only=read_only)
+    return open_storage(url, heartbeat=heartbeat, read_only=read_only)
 
 
 def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool = False) -> optuna.storages.BaseStorage:

@@ -34,7 +34,7 @@ from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
 from hpo.storage import display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
-    open_storage
+    open_existing_storage, open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -134,7 +134,9 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     threads = opts.threads or max(1, usable_cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
-    storage = open_storage(spec.storage, heartbeat=spec.workers)
+    # Joining a study that is not there must not leave an empty database behind (`hpo study join` on a mistyped
+    # path: tests/hpo/test_cli.py::test_join_on_a_missing_database_creates_nothing).
+    storage = open_existing_storage(spec.storage, heartbeat=spec.workers)
     try:
         study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
                                   pruner=build_pruner(spec))

@@ -305,6 +305,13 @@ def test_join_after_the_run_ended_says_nothing_is_left(tmp_path, tiny_cifar):
     assert "nothing left to do" in hpo("worker", str(path), *data).stdout  # the old name still works
 
 
+def test_join_on_a_missing_database_creates_nothing(tmp_path, tiny_cifar):
+    path = write_study(tmp_path, "elsewhere", f"sqlite:///{tmp_path / 'typo.db'}")
+    err = one_error_line(hpo("study", "join", str(path), "--data-dir", str(tiny_cifar), code=1))
+    assert f"no study database at {tmp_path / 'typo.db'}" in err
+    assert not (tmp_path / "typo.db").exists()
+
+
 def test_grpc_proxy_storage_warns_that_heartbeats_are_off(tmp_path, tiny_cifar):
     path = write_study(tmp_path, "proxied", "grpc://127.0.0.1:1")
     r = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar)], capture_output=True,
