@@ -91,7 +91,9 @@ def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool 
 
 def _open_error(url: str, error: BaseException, read_only: bool) -> StorageError:
     cause = first_line(error.orig if isinstance(error, DBAPIError) else error.__cause__ or error)
-    if read_only and ("no such table" in cause or "does not exist" in cause):
+    # SQLite's "no such table", PostgreSQL's 'relation "version_info" does not exist'; not a missing database
+    # (tests/hpo/test_storage.py::test_read_only_commands_name_a_postgresql_database_that_does_not_exist).
+    if read_only and ("no such table" in cause or ('relation "' in cause and "does not exist" in cause)):
         cause = "it holds no optuna studies"
     return StorageError(f"cannot open storage {display_url(url)}: {cause}")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 
 from hpo.errors import StorageError
 from hpo.storage import RETRIED_CALLS, ReconnectingRDBStorage, display_url, open_storage
@@ -45,8 +46,6 @@ def test_opening_survives_connections_being_terminated():
     `connect` hook that then uses it, as session-setup hooks do); the open must retry and succeed.
     Deterministic: an earlier version terminated connections on a 0.25 s timer, and on a slow CI machine an open
     attempt could outlast every gap between kills (it failed there for that reason alone)."""
-    import sqlalchemy
-
     app = f"hpo-test-{uuid.uuid4().hex[:8]}"
     admin = sqlalchemy.create_engine(POSTGRES_URL, poolclass=sqlalchemy.pool.NullPool)
     kills: list[int] = []
@@ -115,6 +114,16 @@ def test_read_only_commands_leave_an_unrelated_sqlite_file_unchanged(tmp_path):
         assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.stderr)
         assert "holds no optuna studies" in r.stderr, r.stderr
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+
+
+def test_read_only_commands_name_a_postgresql_database_that_does_not_exist():
+    """The server's own words, not "holds no optuna studies": the database itself is missing (a typo)."""
+    missing = str(sqlalchemy.engine.make_url(POSTGRES_URL).set(database=f"no_such_db_{uuid.uuid4().hex[:8]}")
+                  .render_as_string(hide_password=False))
+    for args in READ_ONLY_COMMANDS[:2]:
+        r = subprocess.run([HPO, *args, "--storage", missing], capture_output=True, text=True)
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.stderr)
+        assert "does not exist" in r.stderr and "holds no optuna studies" not in r.stderr, r.stderr
 
 
 def test_a_corrupt_sqlite_database_is_reported_once(tmp_path, study_name):
