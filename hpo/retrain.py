@@ -29,6 +29,7 @@ from optuna.artifacts import FileSystemArtifactStore, upload_artifact
 from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
+from cifarnet.errors import ConfigError
 from cifarnet.files import write_atomic, write_json_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
@@ -185,6 +186,10 @@ def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
     stored = trial.user_attrs.get("config")
     if not isinstance(stored, dict):
         raise RetrainError(f"trial {trial.number} has no 'config' user_attr to check the replayed config against")
+    try:  # a field added since the trial ran takes its default, which keeps the old behaviour (results/quick)
+        stored = TrainConfig.from_dict(stored).to_dict()
+    except ConfigError as e:
+        raise RetrainError(f"trial {trial.number}'s stored config does not load in this version: {e}") from None
     replayed = {k: v for k, v in cfg.to_dict().items() if k not in REPLAY_FREE}
     searched = {k: v for k, v in stored.items() if k not in REPLAY_FREE}
     if replayed != searched:

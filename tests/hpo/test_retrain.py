@@ -122,6 +122,22 @@ def test_replay_refuses_a_trial_whose_stored_config_differs(sqlite_study, tiny_c
         prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS))
 
 
+def test_a_trial_stored_before_a_config_field_existed_replays_to_its_default(sqlite_study, tiny_cifar, tmp_path):
+    """Trials of older versions (results/quick/hpo.db) lack fields added since, e.g. tta_shift; the default is
+    what they trained with, so they still retrain. A stored key this version does not know is refused."""
+    study, url = sqlite_study
+    good = study.best_trial
+    older = {k: v for k, v in good.user_attrs["config"].items() if k != "tta_shift"}
+    unknown = {**good.user_attrs["config"], "dropout": 0.5}
+    for attrs in (older, unknown):
+        study.add_trial(optuna.trial.create_trial(params=good.params, distributions=good.distributions, value=0.1,
+                                                  user_attrs={"config": attrs}))
+    plan = prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS))
+    assert plan.trial.number == N_TRIALS and plan.cfg.tta_shift == 0
+    with pytest.raises(RetrainError, match="stored config does not load.*dropout"):
+        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run2", trial=N_TRIALS + 1))
+
+
 def test_stops_at_first_epoch_reaching_target_and_writes_the_run_folder(sqlite_study, tiny_cifar, tmp_path):
     study, url = sqlite_study
     out = tmp_path / "run"
