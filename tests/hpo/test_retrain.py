@@ -138,6 +138,22 @@ def test_a_trial_stored_before_a_config_field_existed_replays_to_its_default(sql
         prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run2", trial=N_TRIALS + 1))
 
 
+def test_the_committed_quick_study_of_an_older_version_still_reads_and_retrains(tiny_cifar, tmp_path):
+    """results/quick/hpo.db predates retrain records ("retrain" user_attr) and tta_shift: `hpo study status`
+    still headlines its 85% retrain, and its best trial still replays for a retrain."""
+    import shutil
+
+    db = tmp_path / "quick.db"
+    shutil.copy(Path(__file__).resolve().parents[2] / "results" / "quick" / "hpo.db", db)
+    url = f"sqlite:///{db}"
+    status = subprocess.run([HPO, "study", "status", "quick", "--storage", url], capture_output=True, text=True)
+    assert status.returncode == 0, status.stderr
+    assert "retrain trial 11: reached target 0.85 at epoch 29, best test acc 0.8561" in status.stdout
+    assert status.stdout.rstrip().endswith("<- reference")
+    plan = prepare_retrain("quick", _options(url, tiny_cifar, tmp_path / "run"))
+    assert plan.trial.number == 11 and plan.cfg.tta_shift == 0 and plan.cfg.model.widths == (16, 48, 64, 96)
+
+
 def test_stops_at_first_epoch_reaching_target_and_writes_the_run_folder(sqlite_study, tiny_cifar, tmp_path):
     study, url = sqlite_study
     out = tmp_path / "run"
