@@ -11,7 +11,8 @@ Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays t
   heartbeat; the next worker that looks fails it and runs the re-queued copy, which continues from the dead
   attempt's last checkpoint (hpo.checkpoints) in the study's artifact store, a folder every node must see
   at the same path.
-- Progress lines: each worker prints its one line per trial; Ray forwards workers' output to the driver.
+- Progress lines: each worker prints its one line per trial; Ray forwards workers' output to the driver, every
+  line (its log deduplication is off unless RAY_DEDUP_LOGS is set).
 - Ctrl-C: every task is cancelled (a KeyboardInterrupt inside it, so its running trial is recorded as
   interrupted and queued again), the driver waits for them to stop and exits 130; `hpo study start` resumes.
 
@@ -177,6 +178,9 @@ def _check_reachable(ray: ModuleType, address: str) -> None:
 
 
 def import_ray() -> ModuleType:
+    # Ray's driver merges output lines that differ only in their numbers ("[repeated 2x across cluster]"),
+    # which swallowed most trials' progress lines; read when ray is imported. A user's own setting wins.
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     try:
         import ray
     except ImportError:

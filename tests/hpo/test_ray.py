@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -165,6 +166,19 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     rerun = next(r for r in trials if r.system_attrs.get("retry_history") == [victim.number])
     assert rerun.user_attrs["resumed_from_trial"] == victim.number and rerun.user_attrs["resumed_at_epoch"] == k >= 1
     assert rerun.user_attrs["placement"]["node_id"] != spare.node_id
+
+
+def test_every_trial_prints_its_progress_line_through_the_driver(tmp_path, cluster, tiny_cifar, pg_url, study_name):
+    """Fast trials end within seconds of each other on different workers, where Ray's driver merged lines that
+    differ only in their numbers ("[repeated 2x across cluster]") and most trials had no line."""
+    n = 8
+    path = write_study(tmp_path, study_name, pg_url, budget={"epochs": 1}, study={"artifact_dir": str(tmp_path)})
+    proc = start_on_ray(path, cluster.address, tiny_cifar, tmp_path, "--n-trials", str(n))
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    done = [t.number for t in check_trials(pg_url, study_name) if t.state in DONE]
+    assert len(done) >= n
+    assert [t for t in done if not re.search(rf"\btrial {t}\b[^|]*\b(complete|pruned)\b", out)] == [], out
 
 
 def test_one_worker_per_slot_of_the_cluster():
