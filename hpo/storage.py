@@ -3,12 +3,14 @@
 optuna's `RDBStorage` does the work (`pool_pre_ping`; heartbeat + `RetryHeartbeatStaleTrialCallback` fail and
 re-queue a dead worker's trial), durable by default. Ours, each with the test that needs it: one-line
 `StorageError`s (password hidden); SQLite WAL, busy timeout and BEGIN IMMEDIATE; read-only opens for the
-inspecting commands; one retry of a call whose connection died under it; Ctrl-C held until a call ends.
+inspecting commands; a call whose connection died under it, or whose server is restarting, tried again;
+Ctrl-C held until a call ends.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import signal
 import sqlite3
 import threading
@@ -37,9 +39,13 @@ OPEN_RETRIES = 5  # attempts while another process holds the lock during schema 
 # for a session that ended with no code (SQLAlchemy's psycopg2 dialect matches the same texts).
 SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
 SESSION_ENDED_TEXTS = ("server closed the connection unexpectedly", "terminating connection")
+# libpq's words when no server answers at all (restarting, failing over, a network blip); they carry no SQLSTATE.
+SERVER_GONE_TEXTS = ("Connection refused", "could not connect to server", "connection failed")
+RECONNECT_WINDOW_S = 60  # a storage call whose server went away is tried again for this long (a restart)
 GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
 GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
+_log = logging.getLogger(__name__)
 
 
 def open_existing_storage(url: str, read_only: bool = False,
@@ -80,7 +86,8 @@ def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool 
             return storage
         except (OperationalError, optuna.exceptions.StorageInternalError) as e:
             # Locked: another process is creating the schema. Disconnect: the server dropped the connection.
-            if is_transient(e) and attempt + 1 < OPEN_RETRIES:
+            # Not "connection refused": a mistyped host or port fails at once.
+            if (is_locked(e) or is_disconnect(e)) and attempt + 1 < OPEN_RETRIES:
                 time.sleep(0.5 * 2**attempt)
                 continue
             raise _open_error(url, e, read_only) from None
@@ -150,9 +157,16 @@ def is_disconnect(error: BaseException) -> bool:
         or any(text in str(e.orig) for text in SESSION_ENDED_TEXTS)) for e in _chain(error))
 
 
+def is_server_gone(error: BaseException) -> bool:
+    """No server answers a new connection (connection refused: restarting, failing over, unreachable)."""
+    return any(isinstance(e, DBAPIError) and any(text in str(e.orig) for text in SERVER_GONE_TEXTS)
+               for e in _chain(error))
+
+
 def is_transient(error: BaseException) -> bool:
-    """An error a worker outlives by waiting and carrying on: a lock held too long, a dropped connection."""
-    return is_locked(error) or is_disconnect(error)
+    """An error a worker outlives by waiting and carrying on: a lock held too long, a dropped connection, a
+    server restarting."""
+    return is_locked(error) or is_disconnect(error) or is_server_gone(error)
 
 
 def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseException]:
@@ -163,34 +177,45 @@ def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseExceptio
 
 
 class ReconnectingRDBStorage(optuna.storages.RDBStorage):
-    """RDBStorage whose calls survive one connection dying under them, and are not cut by Ctrl-C.
+    """RDBStorage whose calls survive their connection dying under them or the server restarting, and are not
+    cut by Ctrl-C.
 
     Ours because optuna's behaviour loses data: pool_pre_ping only replaces connections that died while idle;
     one that dies during a call fails it, and with it the trial or the worker (without this class,
     tests/hpo/test_distributed.py::test_worker_survives_its_database_connections_being_dropped fails: "error:
-    unexpected StorageInternalError: An exception is raised during the commit"). Each call is one transaction, rolled back by
-    the failure, so running it again on a fresh connection is safe. A heartbeat that fails is skipped (the next
-    comes within `heartbeat_interval`), so the heartbeat thread never dies and leaves a live trial to look dead.
+    unexpected StorageInternalError: An exception is raised during the commit"; and a server restart killed
+    every worker: tests/hpo/test_distributed.py::test_workers_wait_out_a_database_restart). Each call is one
+    transaction, rolled back by the failure, so running it again on a fresh connection is safe. A heartbeat
+    that fails anyway is skipped (the next comes within `heartbeat_interval`), so the heartbeat thread never
+    dies and leaves a live trial to look dead.
     """
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            _retry_once_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)(self, trial_id)
+            _retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)(self, trial_id)
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             if not is_transient(e):
                 raise
 
 
-def _retry_once_on_disconnect(method: Callable) -> Callable:
+def _retry_on_disconnect(method: Callable) -> Callable:
+    """At once, then with growing pauses while the server is gone, for up to RECONNECT_WINDOW_S."""
     @functools.wraps(method)
     def call(self, *args, **kwargs):
-        with _interrupts_held():
-            try:
-                return method(self, *args, **kwargs)
-            except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
-                if not is_disconnect(e):
-                    raise
-                return method(self, *args, **kwargs)
+        deadline, pause = time.monotonic() + RECONNECT_WINDOW_S, 0.0
+        while True:
+            with _interrupts_held():
+                try:
+                    return method(self, *args, **kwargs)
+                except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
+                    if not (is_disconnect(e) or is_server_gone(e)) or time.monotonic() + pause > deadline:
+                        raise
+                    if pause == 0.5:
+                        _log.warning("warning: database unreachable (%s); retrying for up to %d s",
+                                     first_line(e.orig if isinstance(e, DBAPIError) else e.__cause__ or e),
+                                     RECONNECT_WINDOW_S)
+            time.sleep(pause)  # outside the held region: Ctrl-C ends the wait at once
+            pause = min(max(2 * pause, 0.5), 8.0)
     return call
 
 
@@ -209,7 +234,7 @@ RETRIED_CALLS = (
 )
 for _name in RETRIED_CALLS:
     if hasattr(optuna.storages.RDBStorage, _name):
-        setattr(ReconnectingRDBStorage, _name, _retry_once_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
+        setattr(ReconnectingRDBStorage, _name, _retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 
 class _HeldInterrupt(threading.local):

@@ -1,5 +1,5 @@
 """Distributed and crash-safe studies on the real PostgreSQL (and SQLite where it matters): many workers, killed
-workers, Ctrl-C, dropped database connections, the gRPC storage proxy and bad input. Tiny data throughout:
+workers, Ctrl-C, dropped database connections, a database restart, the gRPC storage proxy and bad input. Tiny data throughout:
 the tiny_cifar fixture, TINY_STUDY's narrow models, heartbeat 1 s and grace period 3 s.
 
 Covered elsewhere, not repeated here: a NaN loss fails its trial with the reason stored while the study goes
@@ -32,6 +32,7 @@ from hpo.storage import open_storage
 from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
 from tests.conftest import POSTGRES_URL
+from tests.hpo.relay import Relay
 from tests.hpo.studyfiles import write_study
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -176,6 +177,31 @@ def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_c
     assert dropped >= 3 and "Traceback" not in err
     trials = trials_of(pg_url, study_name)
     assert len(trials) == 3 and all(t.state in DONE for t in trials)
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
+
+def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, study_name):
+    """The server goes away for 4 s mid-study (every session dropped, new connections refused: a restart, as a
+    relay in front of the real PostgreSQL plays it): each storage call waits for it, and the study finishes
+    with no trial failed or re-run. Before, every worker died ("Connection refused" was not transient)."""
+    target = sqlalchemy.engine.make_url(pg_url)
+    relay = Relay((target.host, target.port or 5432))
+    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 6}, workers={"grace_period": 20})
+    try:
+        proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
+                         "--data-dir", str(tiny_cifar), cwd=tmp_path)
+        wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
+                 "a trial finished an epoch")
+        relay.restart(down_s=4)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        relay.close()
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err and "error" not in err, err
+    assert "warning: database unreachable" in err  # the outage did hit the workers' calls
+    trials = trials_of(pg_url, study_name)
+    assert 4 <= len(trials) <= 5 and all(t.state in DONE for t in trials), [t.state for t in trials]
     assert check_consistency(storage_for(pg_url), study_name) == []
 
 
