@@ -28,13 +28,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
 from cifarnet.train import RunOptions
-from hpo.errors import HPOError, first_line
+from hpo.errors import HPOError, StorageError, first_line
 from hpo.launcher import check_device, run_processes
 from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
-from hpo.storage import display_url, heartbeat_enabled, interrupts_between_storage_calls, is_transient, \
-    open_existing_storage, open_storage
+from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, interrupts_between_storage_calls, \
+    is_disconnect, is_server_gone, is_transient, open_existing_storage, open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -150,8 +150,14 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     runner = TrialRunner(Objective(spec, splits, run_opts, artifact_dir), artifact_dir)
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
-        run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
-                   spec.workers.heartbeat_interval)
+        try:
+            run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
+                       spec.workers.heartbeat_interval)
+        except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
+            if not (is_disconnect(e) or is_server_gone(e)):
+                raise
+            raise StorageError(f"lost the database {display_url(spec.storage)} for more than {RECONNECT_WINDOW_S} s; "
+                               f"this worker stops (its running trial is failed and re-run by the next worker on the study)") from None
     return runner.ran
 
 

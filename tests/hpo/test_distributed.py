@@ -8,13 +8,16 @@ PostgreSQL (test_study_cli.py)."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import io
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -203,6 +206,35 @@ def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, study
     trials = trials_of(pg_url, study_name)
     assert 4 <= len(trials) <= 5 and all(t.state in DONE for t in trials), [t.state for t in trials]
     assert check_consistency(storage_for(pg_url), study_name) == []
+
+
+def test_a_worker_that_loses_its_database_for_good_stops_with_one_clear_error(tmp_path, tiny_cifar, pg_url,
+                                                                              study_name, monkeypatch):
+    """Past the reconnect window (shortened here to 1 s) the worker gives up with a StorageError naming the
+    database, not with optuna's "invalid data in the commit" or an UnboundLocalError from inside optuna."""
+    import hpo.storage
+
+    monkeypatch.setattr(hpo.storage, "RECONNECT_WINDOW_S", 1)
+    target = sqlalchemy.engine.make_url(pg_url)
+    relay = Relay((target.host, target.port or 5432))
+    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    spec = load_study_file(write_study(tmp_path, study_name, url, budget={"epochs": 50}))
+    first_epoch = lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name))  # noqa: E731
+    threading.Thread(target=wait_until_then, args=(first_epoch, relay.close), daemon=True).start()
+    with pytest.raises(HPOError, match=rf"lost the database postgresql\S*:{relay.port}/\S* for more than"):
+        start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO()))
+    running = [t for t in trials_of(pg_url, study_name) if t.state == TrialState.RUNNING]
+    assert len(running) == 1  # left for its stale heartbeat: the next worker fails it and runs it again
+
+
+def wait_until_then(condition, action, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):  # e.g. the study is not created yet
+            if condition():
+                break
+        time.sleep(0.05)
+    action()
 
 
 def test_storage_proxy_serves_a_study(tmp_path, tiny_cifar, study_name):
