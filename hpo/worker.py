@@ -156,8 +156,9 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
         except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
             if not (is_disconnect(e) or is_server_gone(e)):
                 raise
-            raise StorageError(f"lost the database {display_url(spec.storage)} for more than {RECONNECT_WINDOW_S} s; "
-                               f"this worker stops (its running trial is failed and re-run by the next worker on the study)") from None
+            raise StorageError(f"lost the database {display_url(spec.storage)} for more than {RECONNECT_WINDOW_S} "
+                               f"s; this worker stops (its running trial is failed and re-run by the next worker "
+                               f"on the study)") from None
     return runner.ran
 
 
