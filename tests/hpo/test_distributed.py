@@ -201,7 +201,7 @@ def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, study
     finally:
         relay.close()
     assert proc.returncode == 0, err
-    assert "Traceback" not in err and "error" not in err, err
+    assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("error")], err
     assert "warning: database unreachable" in err  # the outage did hit the workers' calls
     trials = trials_of(pg_url, study_name)
     assert 4 <= len(trials) <= 5 and all(t.state in DONE for t in trials), [t.state for t in trials]
