@@ -208,7 +208,8 @@ def _retry_on_disconnect(method: Callable) -> Callable:
                 try:
                     return method(self, *args, **kwargs)
                 except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
-                    if not (is_disconnect(e) or is_server_gone(e)) or time.monotonic() + pause > deadline:
+                    if not (is_disconnect(e) or is_server_gone(e)) or time.monotonic() + pause > deadline \
+                            or (pause and _received is not None):
                         raise
                     if pause == 0.5:
                         _log.warning("warning: database unreachable (%s); retrying for up to %d s",
@@ -243,6 +244,14 @@ class _HeldInterrupt(threading.local):
 
 
 _held = _HeldInterrupt()
+# The Ctrl-C / SIGTERM received: from then on no storage call waits for a lost database, so the worker exits
+# at once (tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once).
+_received: Interrupted | None = None
+
+
+def interrupt_received() -> Interrupted | None:
+    """The interrupt that arrived inside `interrupts_between_storage_calls`, if one did."""
+    return _received
 
 
 @contextmanager
@@ -269,7 +278,8 @@ def interrupts_between_storage_calls(*signals: int) -> Iterator[None]:
         return
 
     def on_signal(signum: int, frame: Any) -> None:
-        interrupt = Interrupted(signum)
+        global _received
+        interrupt = _received = Interrupted(signum)
         if not _held.depth:
             raise interrupt
         _held.pending = _held.pending or interrupt
@@ -281,6 +291,8 @@ def interrupts_between_storage_calls(*signals: int) -> Iterator[None]:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _held.pending = None
+        global _received
+        _received = None
 
 
 def _begin_immediate(engine: sqlalchemy.Engine) -> None:

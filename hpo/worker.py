@@ -33,8 +33,8 @@ from hpo.launcher import check_device, run_processes
 from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
-from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, interrupts_between_storage_calls, \
-    is_disconnect, is_server_gone, is_transient, open_existing_storage, open_storage
+from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, interrupt_received, \
+    interrupts_between_storage_calls, is_disconnect, is_server_gone, is_transient, open_existing_storage, open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -214,8 +214,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt:
-            if runner.current is not None:
-                _requeue_after_interrupt(study, runner.current)
+            _requeue_after_interrupt(study, runner.current)
             raise
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
@@ -226,6 +225,11 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
             _log.warning("warning: trial %d was failed and re-queued by another worker while this one stalled "
                          "(no heartbeat for longer than the grace period); dropped it", runner.current)
         except Exception as e:
+            if (interrupt := interrupt_received()) is not None:
+                # optuna could not record the interrupted trial (database gone) and raised its own error instead
+                # (tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once).
+                _requeue_after_interrupt(study, runner.current)
+                raise interrupt from None
             if not is_transient(e):
                 raise
             # A trial in flight was failed with the reason or (if even that write failed) is left RUNNING for
@@ -280,9 +284,11 @@ class BudgetGuard:
         return Step.WAIT if still_running and self.can_wait else Step.STOP
 
 
-def _requeue_after_interrupt(study: optuna.Study, number: int) -> None:
+def _requeue_after_interrupt(study: optuna.Study, number: int | None) -> None:
     """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
     also do it); a database problem here must not hide the interrupt."""
+    if number is None:  # interrupted between trials
+        return
     try:
         requeue_interrupted(study, only=number)
     except Exception as e:

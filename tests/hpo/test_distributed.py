@@ -227,6 +227,29 @@ def test_a_worker_that_loses_its_database_for_good_stops_with_one_clear_error(tm
     assert len(running) == 1  # left for its stale heartbeat: the next worker fails it and runs it again
 
 
+def test_ctrl_c_while_the_database_is_gone_exits_at_once(tmp_path, tiny_cifar, pg_url, study_name):
+    """Ctrl-C stops the waiting for a lost database: one error line and exit 130 in seconds, not after each
+    storage call's 60 s reconnect window."""
+    target = sqlalchemy.engine.make_url(pg_url)
+    relay = Relay((target.host, target.port or 5432))
+    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 50})
+    proc = hpo_popen("study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1", cwd=tmp_path)
+    wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
+             "a trial finished an epoch")
+    relay.close()
+    time.sleep(3)  # every storage call of the worker is now waiting for the database
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, err = proc.communicate(timeout=30)  # each call would wait 60 s without the fix
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "warning: database unreachable" in err and "Traceback" not in err
+    assert err.splitlines()[-1].startswith("interrupted: "), err
+    assert "not re-queued" in err  # said, since the database could not take it; the next start re-queues it
+
+
 def wait_until_then(condition, action, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
