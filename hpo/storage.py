@@ -97,7 +97,7 @@ def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool 
 
 
 def _open_error(url: str, error: BaseException, read_only: bool) -> StorageError:
-    cause = first_line(error.orig if isinstance(error, DBAPIError) else error.__cause__ or error)
+    cause = _driver_words(error)
     # SQLite's "no such table", PostgreSQL's 'relation "version_info" does not exist'; not a missing database
     # (tests/hpo/test_storage.py::test_read_only_commands_name_a_postgresql_database_that_does_not_exist).
     if read_only and ("no such table" in cause or ('relation "' in cause and "does not exist" in cause)):
@@ -163,10 +163,20 @@ def is_server_gone(error: BaseException) -> bool:
                for e in _chain(error))
 
 
+def is_connection_lost(error: BaseException) -> bool:
+    """The connection died under a call, or no server answers a new one: what waiting for the server cures."""
+    return is_disconnect(error) or is_server_gone(error)
+
+
 def is_transient(error: BaseException) -> bool:
     """An error a worker outlives by waiting and carrying on: a lock held too long, a dropped connection, a
     server restarting."""
-    return is_locked(error) or is_disconnect(error) or is_server_gone(error)
+    return is_locked(error) or is_connection_lost(error)
+
+
+def _driver_words(error: BaseException) -> str:
+    """The first line of what the database driver said (optuna and SQLAlchemy wrap it)."""
+    return first_line(error.orig if isinstance(error, DBAPIError) else error.__cause__ or error)
 
 
 def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseException]:
@@ -208,13 +218,12 @@ def _retry_on_disconnect(method: Callable) -> Callable:
                 try:
                     return method(self, *args, **kwargs)
                 except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
-                    if not (is_disconnect(e) or is_server_gone(e)) or time.monotonic() + pause > deadline \
+                    if not is_connection_lost(e) or time.monotonic() + pause > deadline \
                             or (pause and _received is not None):
                         raise
                     if pause == 0.5:
                         _log.warning("warning: database unreachable (%s); retrying for up to %d s",
-                                     first_line(e.orig if isinstance(e, DBAPIError) else e.__cause__ or e),
-                                     RECONNECT_WINDOW_S)
+                                     _driver_words(e), RECONNECT_WINDOW_S)
             time.sleep(pause)  # outside the held region: Ctrl-C ends the wait at once
             pause = min(max(2 * pause, 0.5), 8.0)
     return call

@@ -34,7 +34,7 @@ from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
 from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, interrupt_received, \
-    interrupts_between_storage_calls, is_disconnect, is_server_gone, is_transient, open_existing_storage, open_storage
+    interrupts_between_storage_calls, is_connection_lost, is_transient, open_existing_storage, open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
@@ -154,7 +154,7 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
             run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
                        spec.workers.heartbeat_interval)
         except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
-            if not (is_disconnect(e) or is_server_gone(e)):
+            if not is_connection_lost(e):
                 raise
             raise StorageError(f"lost the database {display_url(spec.storage)} for more than {RECONNECT_WINDOW_S} "
                                f"s; this worker stops (its running trial is failed and re-run by the next worker "
