@@ -54,6 +54,15 @@ def pg_url() -> str:
             optuna.delete_study(study_name=s.study_name, storage=storage_for(POSTGRES_URL))
 
 
+@pytest.fixture
+def pg_relay(pg_url):
+    """A Relay in front of the real PostgreSQL and the URL that reaches the server through it."""
+    target = sqlalchemy.engine.make_url(pg_url)
+    relay = Relay((target.host, target.port or 5432))
+    yield relay, target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    relay.close()
+
+
 def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
     try:
         return optuna.load_study(study_name=name, storage=storage_for(url)).trials
@@ -183,23 +192,18 @@ def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_c
     assert check_consistency(storage_for(pg_url), study_name) == []
 
 
-def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, study_name):
+def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, pg_relay, study_name):
     """The server goes away for 4 s mid-study (every session dropped, new connections refused: a restart, as a
     relay in front of the real PostgreSQL plays it): each storage call waits for it, and the study finishes
     with no trial failed or re-run. Before, every worker died ("Connection refused" was not transient)."""
-    target = sqlalchemy.engine.make_url(pg_url)
-    relay = Relay((target.host, target.port or 5432))
-    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    relay, url = pg_relay
     path = write_study(tmp_path, study_name, url, budget={"epochs": 6}, workers={"grace_period": 20})
-    try:
-        proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
-                         "--data-dir", str(tiny_cifar), cwd=tmp_path)
-        wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
-                 "a trial finished an epoch")
-        relay.restart(down_s=4)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        relay.close()
+    proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
+                     "--data-dir", str(tiny_cifar), cwd=tmp_path)
+    wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
+             "a trial finished an epoch")
+    relay.restart(down_s=4)
+    out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err
     assert "Traceback" not in err and not [line for line in err.splitlines() if line.startswith("error")], err
     assert "warning: database unreachable" in err  # the outage did hit the workers' calls
@@ -209,15 +213,13 @@ def test_workers_wait_out_a_database_restart(tmp_path, tiny_cifar, pg_url, study
 
 
 def test_a_worker_that_loses_its_database_for_good_stops_with_one_clear_error(tmp_path, tiny_cifar, pg_url,
-                                                                              study_name, monkeypatch):
+                                                                              pg_relay, study_name, monkeypatch):
     """Past the reconnect window (shortened here to 1 s) the worker gives up with a StorageError naming the
     database, not with optuna's "invalid data in the commit" or an UnboundLocalError from inside optuna."""
     import hpo.storage
 
     monkeypatch.setattr(hpo.storage, "RECONNECT_WINDOW_S", 1)
-    target = sqlalchemy.engine.make_url(pg_url)
-    relay = Relay((target.host, target.port or 5432))
-    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    relay, url = pg_relay
     spec = load_study_file(write_study(tmp_path, study_name, url, budget={"epochs": 50}))
     first_epoch = lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name))  # noqa: E731
     threading.Thread(target=wait_until_then, args=(first_epoch, relay.close), daemon=True).start()
@@ -227,12 +229,10 @@ def test_a_worker_that_loses_its_database_for_good_stops_with_one_clear_error(tm
     assert len(running) == 1  # left for its stale heartbeat: the next worker fails it and runs it again
 
 
-def test_ctrl_c_while_the_database_is_gone_exits_at_once(tmp_path, tiny_cifar, pg_url, study_name):
+def test_ctrl_c_while_the_database_is_gone_exits_at_once(tmp_path, tiny_cifar, pg_url, pg_relay, study_name):
     """Ctrl-C stops the waiting for a lost database: one error line and exit 130 in seconds, not after each
     storage call's 60 s reconnect window."""
-    target = sqlalchemy.engine.make_url(pg_url)
-    relay = Relay((target.host, target.port or 5432))
-    url = target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
+    relay, url = pg_relay
     path = write_study(tmp_path, study_name, url, budget={"epochs": 50})
     proc = hpo_popen("study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1", cwd=tmp_path)
     wait_for(lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name)), proc,
