@@ -4,7 +4,7 @@ optuna's `RDBStorage` does the work (`pool_pre_ping`; heartbeat + `RetryHeartbea
 re-queue a dead worker's trial), durable by default. Ours, each with the test that needs it: one-line
 `StorageError`s (password hidden); SQLite WAL, busy timeout and BEGIN IMMEDIATE; read-only opens for the
 inspecting commands; a call whose connection died under it, or whose server is restarting, tried again;
-Ctrl-C held until a call ends.
+Ctrl-C held until a call ends; a trial's first heartbeat as it is set RUNNING.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import optuna
 import sqlalchemy
+from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError, SQLAlchemyError
 
@@ -200,12 +201,38 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     dies and leaves a live trial to look dead.
     """
 
+    started_trial_id: int | None = None  # the trial this process last set RUNNING (hpo.worker records its interrupt)
+
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             _retry_on_disconnect(optuna.storages.RDBStorage.record_heartbeat)(self, trial_id)
         except (optuna.exceptions.StorageInternalError, SQLAlchemyError) as e:
             if not is_transient(e):
                 raise
+
+    # A trial gets its first heartbeat as it becomes RUNNING, in the same uninterruptible stretch. optuna's own
+    # starts only after `ask` returns, and a RUNNING trial with no heartbeat is never stale: a worker killed or
+    # interrupted in between left a trial RUNNING for ever, never re-run, and the other workers waited for it
+    # (tests/hpo/test_distributed.py::test_a_trial_interrupted_as_it_starts_is_requeued,
+    # ::test_a_worker_killed_as_a_trial_starts_leaves_it_to_be_rerun).
+    def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
+        with _interrupts_held():
+            trial = _retried_create(self, study_id, template_trial)
+            if trial.state == TrialState.RUNNING:
+                self._started(self.get_trial_id_from_study_id_trial_number(study_id, trial.number))
+        return trial
+
+    def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        with _interrupts_held():
+            updated = _retried_set_state(self, trial_id, state, values)
+            if updated and state == TrialState.RUNNING:  # popped from the queue
+                self._started(trial_id)
+        return updated
+
+    def _started(self, trial_id: int) -> None:
+        self.started_trial_id = trial_id
+        if self.get_heartbeat_interval() is not None:
+            self.record_heartbeat(trial_id)
 
 
 def _retry_on_disconnect(method: Callable) -> Callable:
@@ -242,8 +269,10 @@ RETRIED_CALLS = (
     "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs",
     "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids",
 )
+_retried_create = _retry_on_disconnect(optuna.storages.RDBStorage._create_new_trial)
+_retried_set_state = _retry_on_disconnect(optuna.storages.RDBStorage.set_trial_state_values)
 for _name in RETRIED_CALLS:
-    if hasattr(optuna.storages.RDBStorage, _name):
+    if hasattr(optuna.storages.RDBStorage, _name) and _name not in vars(ReconnectingRDBStorage):
         setattr(ReconnectingRDBStorage, _name, _retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
 
 

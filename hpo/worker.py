@@ -151,8 +151,8 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
         try:
-            run_trials(study, runner, guard, [runner.told, Progress(budget, opts.out or sys.stdout), guard],
-                       spec.workers.heartbeat_interval)
+            run_trials(study, storage, runner, guard,
+                       [runner.told, Progress(budget, opts.out or sys.stdout), guard], spec.workers.heartbeat_interval)
         except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
             if not is_connection_lost(e):
                 raise
@@ -202,8 +202,8 @@ class TrialRunner:
                          first_line(e))
 
 
-def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", callbacks: list[Callable],
-               poll_s: float) -> None:
+def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner: TrialRunner, guard: "BudgetGuard",
+               callbacks: list[Callable], poll_s: float) -> None:
     """optuna's optimize runs the trials; between its runs this loop waits while the budget is spent but
     trials of the run may still die elsewhere, and outlives what must not stop a worker: a trial taken from
     it, a database locked or disconnected for too long."""
@@ -214,7 +214,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt:
-            _requeue_after_interrupt(study, runner.current)
+            _requeue_after_interrupt(study, storage, runner.current)
             raise
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
@@ -228,7 +228,7 @@ def run_trials(study: optuna.Study, runner: TrialRunner, guard: "BudgetGuard", c
             if (interrupt := interrupt_received()) is not None:
                 # optuna could not record the interrupted trial (database gone) and raised its own error instead
                 # (tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once).
-                _requeue_after_interrupt(study, runner.current)
+                _requeue_after_interrupt(study, storage, runner.current)
                 raise interrupt from None
             if not is_transient(e):
                 raise
@@ -284,15 +284,22 @@ class BudgetGuard:
         return Step.WAIT if still_running and self.can_wait else Step.STOP
 
 
-def _requeue_after_interrupt(study: optuna.Study, number: int | None) -> None:
+def _requeue_after_interrupt(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int | None) -> None:
     """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
-    also do it); a database problem here must not hide the interrupt."""
-    if number is None:  # interrupted between trials
-        return
+    also do it); a database problem here must not hide the interrupt. A trial interrupted as optuna started
+    it, before the objective ran (`number` None), is recorded as interrupted here."""
     try:
-        requeue_interrupted(study, only=number)
+        started = getattr(storage, "started_trial_id", None)  # not behind the gRPC proxy
+        trial = storage.get_trial(started) if started is not None else None
+        if trial is not None and trial.state == TrialState.RUNNING:
+            storage.set_trial_user_attr(started, "fail_reason", INTERRUPTED_REASON)
+            storage.set_trial_state_values(started, TrialState.FAIL)
+            number = trial.number
+        if number is not None:  # None: interrupted between trials
+            requeue_interrupted(study, only=number)
     except Exception as e:
-        _log.warning("warning: trial %d not re-queued (%s); the next `hpo study start` does it", number, e)
+        _log.warning("warning: trial %s not re-queued (%s); the next `hpo study start` does it",
+                     "?" if number is None else number, e)
 
 
 def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:

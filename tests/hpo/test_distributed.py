@@ -168,6 +168,66 @@ def test_ctrl_c_fails_the_trial_and_the_next_start_resumes(tmp_path, tiny_cifar,
     assert check_consistency(storage_for(pg_url), study_name) == []
 
 
+
+@pytest.mark.parametrize("number", [0, 1], ids=["popped-from-the-queue", "created"])
+def test_a_trial_interrupted_as_it_starts_is_requeued(tmp_path, tiny_cifar, storage_url, study_name, monkeypatch,
+                                                      number):
+    """Ctrl-C after optuna set a trial RUNNING but before the objective began (here: in its sampler's
+    before_trial): the trial is recorded as interrupted and queued again like one interrupted while training,
+    and the next start runs it. Before, it stayed RUNNING with no heartbeat: never failed, never re-run."""
+    def interrupt(self, study, trial):
+        if trial.number == number:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(optuna.samplers.TPESampler, "before_trial", interrupt)
+    spec = load_study_file(write_study(tmp_path, study_name, storage_url, study={"trials": 3}))
+    opts = WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO())
+    with pytest.raises(KeyboardInterrupt):
+        start_study(spec, opts)
+    trials = trials_of(storage_url, study_name)
+    assert trials[number].state == TrialState.FAIL and trials[number].user_attrs["fail_reason"] == "interrupted"
+    assert trials[-1].state == TrialState.WAITING and trials[-1].system_attrs["retry_history"] == [number]
+    assert check_consistency(storage_for(storage_url), study_name) == []
+
+    monkeypatch.undo()
+    start_study(spec, opts)
+    trials = trials_of(storage_url, study_name)
+    assert [t.state for t in trials if t.state not in DONE] == [TrialState.FAIL]
+    assert check_consistency(storage_for(storage_url), study_name) == []
+
+
+KILLED_AS_A_TRIAL_STARTS = """
+import os, signal, sys, optuna
+from hpo.studyfile import load_study_file
+from hpo.worker import WorkerOptions, start_study
+def die(self, study, trial):
+    if trial.number == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+optuna.samplers.TPESampler.before_trial = die
+start_study(load_study_file(sys.argv[1]), WorkerOptions(data_dir=sys.argv[2], device="cpu", threads=1))
+"""
+
+
+def test_a_worker_killed_as_a_trial_starts_leaves_it_to_be_rerun(tmp_path, tiny_cifar, pg_url, study_name):
+    """A worker killed after optuna set a trial RUNNING but before optuna's heartbeat thread began: the trial has
+    a heartbeat from its start, so it goes stale, fails and is re-run like any dead worker's. Before, a RUNNING
+    trial with no heartbeat was never stale: left RUNNING for ever, and other workers of the run waited for it."""
+    path = write_study(tmp_path, study_name, pg_url, study={"trials": 3})
+    killed = subprocess.run([sys.executable, "-c", KILLED_AS_A_TRIAL_STARTS, str(path), str(tiny_cifar)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert trials_of(pg_url, study_name)[1].state == TrialState.RUNNING
+    time.sleep(3)  # the grace period: its heartbeat is stale now
+    resumed = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1"],
+                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    trials = trials_of(pg_url, study_name)
+    assert trials[1].state == TrialState.FAIL and "fail_reason" not in trials[1].user_attrs  # failed as stale
+    rerun = [t for t in trials if t.system_attrs.get("retry_history") == [1]]
+    assert len(rerun) == 1 and rerun[0].state in DONE
+    assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
 def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_cifar, pg_url, study_name):
     app = f"hpo-test-{uuid.uuid4().hex[:8]}"  # only this test's connections are terminated
     url = f"{pg_url}?application_name={app}"
