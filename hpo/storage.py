@@ -224,7 +224,15 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         with _interrupts_held():
-            updated = _retried_set_state(self, trial_id, state, values)
+            try:
+                updated = _retried_set_state(self, trial_id, state, values)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                # Tried again after the connection died during a commit the server did make: the trial holds this
+                # very result (tests/hpo/test_distributed.py::test_a_result_whose_commit_reply_was_lost_is_not_a_crash).
+                stored = self.get_trial(trial_id)
+                if stored.state != state or stored.values != (list(values) if values is not None else None):
+                    raise
+                updated = True
             if updated and state == TrialState.RUNNING:  # popped from the queue
                 self._started(trial_id)
         return updated

@@ -2,7 +2,9 @@
 
 `restart(down_s)` drops every relayed connection and refuses new ones for `down_s` seconds, then accepts again
 on the same port: what a restarting server (or a failover) looks like from the client's side, without stopping
-the server the rest of the suite uses."""
+the server the rest of the suite uses. `lose_commit_reply(marker)`: the next transaction that sets a trial's
+state and carries `marker` (e.g. b"COMPLETE") is committed by the server, but its connection dies before the
+answer reaches the client: a network that fails at the worst moment."""
 
 from __future__ import annotations
 
@@ -19,7 +21,11 @@ class Relay:
         self.port = self.listener.getsockname()[1]
         self.open: set[socket.socket] = set()
         self.lock = threading.Lock()
+        self.commit_to_lose: bytes | None = None
         self._serve()
+
+    def lose_commit_reply(self, marker: bytes) -> None:
+        self.commit_to_lose = marker
 
     def restart(self, down_s: float) -> None:
         self._drop()
@@ -53,13 +59,24 @@ class Relay:
             server = socket.create_connection(self.target)
             with self.lock:
                 self.open |= {client, server}
+            session = {"armed": False, "muted": False}
             for src, dst in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+                threading.Thread(target=self._pump, args=(src, dst, session, src is client), daemon=True).start()
 
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, session: dict, from_client: bool) -> None:
         with contextlib.suppress(OSError):
             while data := src.recv(65536):
-                dst.sendall(data)
+                marker = self.commit_to_lose
+                if from_client and marker and b"UPDATE trials SET state" in data and marker in data:
+                    session["armed"] = True
+                if from_client and session["armed"] and b"COMMIT" in data:
+                    self.commit_to_lose, session["muted"] = None, True  # the server's answer is dropped
+                    dst.sendall(data)
+                    time.sleep(0.5)  # the server commits
+                    for s in (src, dst):
+                        s.shutdown(socket.SHUT_RDWR)
+                    return
+                if not (session["muted"] and not from_client):
+                    dst.sendall(data)
         with contextlib.suppress(OSError):
             dst.shutdown(socket.SHUT_WR)

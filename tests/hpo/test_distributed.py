@@ -310,6 +310,21 @@ def test_ctrl_c_while_the_database_is_gone_exits_at_once(tmp_path, tiny_cifar, p
     assert "not re-queued" in err  # said, since the database could not take it; the next start re-queues it
 
 
+
+def test_a_result_whose_commit_reply_was_lost_is_not_a_crash(tmp_path, tiny_cifar, pg_url, pg_relay, study_name):
+    """The connection dies after the server committed a trial's result but before the worker heard so: the
+    call is tried again, finds the trial finished with that very result, and the worker goes on. Before, the
+    retry's "has already finished and can not be updated" stopped the worker."""
+    relay, url = pg_relay
+    relay.lose_commit_reply(b"COMPLETE")
+    spec = load_study_file(write_study(tmp_path, study_name, url, study={"trials": 2}))
+    start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO()))
+    assert relay.commit_to_lose is None  # the answer to a COMPLETE trial's commit was lost
+    trials = trials_of(pg_url, study_name)
+    assert len(trials) == 2 and all(t.state in DONE for t in trials), [t.state for t in trials]
+    assert trials[0].state == TrialState.COMPLETE and trials[0].value == max(trials[0].intermediate_values.values())
+    assert check_consistency(storage_for(pg_url), study_name) == []
+
 def wait_until_then(condition, action, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
