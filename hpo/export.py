@@ -49,6 +49,18 @@ class ExportResult:
     tolerance: float
     batch: int  # images in the check batch
     batch_source: str  # "CIFAR-10 test images (<dir>)" or "seeded random images"
+    epoch: int | None = None  # the epoch those weights are from (None: a weights file that does not say)
+    epochs: int = 0  # the run's schedule
+    test_acc: float | None = None  # the run's test accuracy at `epoch`
+
+    @property
+    def unfinished(self) -> bool:
+        """A `hpo train` run stopped before its schedule ended (interrupted): partly trained weights."""
+        return self.weights.name == "checkpoint.pt" and self.epoch is not None and self.epoch < self.epochs
+
+    def describe_weights(self) -> str:
+        trained = f": epoch {self.epoch} of {self.epochs}" if self.epoch is not None else ""
+        return f"weights {self.weights.name}{trained}" + (f", test_acc {self.test_acc:.4f}" if self.test_acc is not None else "")
 
 
 class DeployModel(nn.Module):
@@ -65,9 +77,10 @@ class DeployModel(nn.Module):
         return tta_logp(self.model, x, self.tta_flip, self.tta_shift)  # (B, 10)
 
 
-def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, TrainConfig, Path]:
+def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Module, TrainConfig, Path, dict]:
     """The evaluated weights of a run in a model in eval mode: a retrain's `best.pt` / `final.pt`, or, in a
-    folder written by `hpo train` (no such files), the last finished epoch of its `checkpoint.pt`."""
+    folder written by `hpo train` (no such files), the last finished epoch of its `checkpoint.pt`; and the
+    epoch and test accuracy they are from."""
     if weights not in WEIGHTS:
         raise ExportError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     run_dir = Path(run_dir)
@@ -75,9 +88,11 @@ def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Modul
     if path.is_file():
         state = load_checkpoint(path)
         config, state_dict = state.get("config"), state.get("state_dict")
+        trained = {"epoch": state.get("epoch"), "test_acc": state.get("test_acc")}
     elif checkpoint.is_file() and not any((run_dir / f"{w}.pt").exists() for w in WEIGHTS):
         path, state = checkpoint, load_checkpoint(checkpoint)
         config, state_dict = state["config"], eval_weights(state)
+        trained = {"epoch": state["epoch"], "test_acc": state["history"][-1].get("test_acc")}
     else:
         raise ExportError(f"{path.resolve()} not found: RUN_DIR must be a run folder written by `hpo retrain` "
                           f"(best.pt, final.pt) or `hpo train` (checkpoint.pt)")
@@ -88,7 +103,7 @@ def load_run_model(run_dir: str | Path, weights: str = "best") -> tuple[nn.Modul
     except (KeyError, RuntimeError, TypeError, AttributeError) as e:  # e.g. a checkpoint.pt copied over best.pt
         raise ExportError(f"{path} holds no weights for its config ({type(e).__name__}: "
                           f"{str(e).strip().splitlines()[0] if str(e).strip() else 'state_dict'})") from None
-    return model.eval(), cfg, path
+    return model.eval(), cfg, path, trained
 
 
 def check_batch(data_dir: str | None, n: int, seed: int = 0) -> tuple[torch.Tensor, str]:
@@ -111,7 +126,7 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
     """Write the deployable model (default RUN_DIR/model.onnx or model.torchscript.pt) and check it."""
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    model, cfg, weights_path = load_run_model(run_dir, weights)
+    model, cfg, weights_path, trained = load_run_model(run_dir, weights)
     out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
     images, source = check_batch(data_dir, batch)
     deploy = DeployModel(model, cfg.tta_flip, cfg.tta_shift).eval()
@@ -125,7 +140,8 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
         if not diff < TOLERANCE:
             raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE:g}); "
                               f"nothing written")
-        result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source)
+        result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source, epochs=cfg.epochs,
+                              **trained)
         write_json_atomic(_describe(result, cfg), out.with_name(out.name + ".json"))
         os.replace(tmp, out)
     finally:

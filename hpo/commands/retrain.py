@@ -104,6 +104,9 @@ def export_cmd(
     from hpo.export import export_model
 
     r = export_model(run_dir, format.value, weights=weights.value, out=out, data_dir=data_dir, batch=batch)
-    typer.echo(f"wrote {r.path} ({r.format}, weights {r.weights.name}; sidecar {r.path.name}.json)")
+    typer.echo(f"wrote {r.path} ({r.format}, {r.describe_weights()}; sidecar {r.path.name}.json)")
+    if r.unfinished:
+        typer.echo(f"warning: {run_dir} stopped at epoch {r.epoch} of its {r.epochs} (interrupted): partly trained "
+                   f"weights; the `hpo train` command that wrote it, with --resume, finishes it", err=True)
     typer.echo(f"max |log-prob difference| vs PyTorch on {r.batch} {r.batch_source}: {r.max_abs_diff:.2e} "
                f"(tolerance {r.tolerance:g}): OK")

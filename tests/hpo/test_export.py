@@ -55,7 +55,7 @@ def test_export_matches_pytorch_on_test_images(runs, recipe, fmt, tiny_cifar):
     assert sidecar["max_abs_diff"] == result.max_abs_diff and sidecar["output"] == "(B, 10) log-probabilities"
 
     # The deployable model scores the test set exactly as training's own evaluation does.
-    model, cfg, _ = load_run_model(run_dir)
+    model, cfg, _, _ = load_run_model(run_dir)
     test = load_cifar10(tiny_cifar).test
     expected = evaluate(model, test, "cpu", tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift, channels_last=False)["acc"]
     logp = _run_exported(result.path, fmt, test.images)
@@ -89,10 +89,26 @@ def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path):
                        capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr
     assert out.is_file() and "seeded random images" in r.stdout and "(tolerance 0.0001): OK" in r.stdout
+    assert "weights best.pt: epoch 1 of 1, test_acc " in r.stdout and "stopped at epoch" not in r.stderr
     bad = subprocess.run([HPO, "export", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
                          env=ENV)
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
+
+
+def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_cifar, tmp_path):
+    """A `hpo train` run stopped after epoch 1 of 2 (interrupted) exports with its epoch and test accuracy
+    named, in the output and the sidecar, and a warning that the weights are partly trained."""
+    splits = make_splits(load_cifar10(tiny_cifar), TINY_DATA)
+    opts = RunOptions(device="cpu", checkpoint=tmp_path / "checkpoint.pt", progress=False)
+    history = train(TINY_TRAIN.replace(epochs=2), splits, report=lambda epoch, metrics: True, opts=opts).history
+    r = subprocess.run([HPO, "export", str(tmp_path), "--format", "torchscript"], capture_output=True, text=True,
+                       timeout=120, env=ENV)
+    assert r.returncode == 0, r.stderr
+    assert f"weights checkpoint.pt: epoch 1 of 2, test_acc {history[0]['test_acc']:.4f}" in r.stdout
+    assert r.stderr.startswith(f"warning: {tmp_path} stopped at epoch 1 of its 2 (interrupted)"), r.stderr
+    sidecar = json.loads((tmp_path / "model.torchscript.pt.json").read_text())
+    assert (sidecar["epoch"], sidecar["epochs"], sidecar["test_acc"]) == (1, 2, history[0]["test_acc"])
 
 def test_failed_export_check_leaves_no_files(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(hpo.export, "TOLERANCE", 0.0)  # no difference is below 0: the check must fail
