@@ -217,15 +217,16 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
     # ::test_a_worker_killed_as_a_trial_starts_leaves_it_to_be_rerun).
     def _create_new_trial(self, study_id: int, template_trial: FrozenTrial | None = None) -> FrozenTrial:
         with _interrupts_held():
-            trial = _retried_create(self, study_id, template_trial)
+            trial = _retry_on_disconnect(optuna.storages.RDBStorage._create_new_trial)(self, study_id, template_trial)
             if trial.state == TrialState.RUNNING:
                 self._started(self.get_trial_id_from_study_id_trial_number(study_id, trial.number))
         return trial
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
+        set_state = _retry_on_disconnect(optuna.storages.RDBStorage.set_trial_state_values)
         with _interrupts_held():
             try:
-                updated = _retried_set_state(self, trial_id, state, values)
+                updated = set_state(self, trial_id, state, values)
             except optuna.exceptions.UpdateFinishedTrialError:
                 # Tried again after the connection died during a commit the server did make: the trial holds this
                 # very result (tests/hpo/test_distributed.py::test_a_result_whose_commit_reply_was_lost_is_not_a_crash).
@@ -277,8 +278,6 @@ RETRIED_CALLS = (
     "get_trial_param", "get_trial_user_attrs", "get_trial_system_attrs",
     "_create_new_trial", "_set_trial_param", "_get_trials", "_get_best_trial_id", "_get_stale_trial_ids",
 )
-_retried_create = _retry_on_disconnect(optuna.storages.RDBStorage._create_new_trial)
-_retried_set_state = _retry_on_disconnect(optuna.storages.RDBStorage.set_trial_state_values)
 for _name in RETRIED_CALLS:
     if hasattr(optuna.storages.RDBStorage, _name) and _name not in vars(ReconnectingRDBStorage):
         setattr(ReconnectingRDBStorage, _name, _retry_on_disconnect(getattr(optuna.storages.RDBStorage, _name)))
