@@ -38,11 +38,15 @@ OPEN_RETRIES = 5  # attempts while another process holds the lock during schema 
 # PostgreSQL SQLSTATEs for "the server ended this session or refuses new ones for now": admin_shutdown
 # (pg_terminate_backend), crash_shutdown, cannot_connect_now (starting up or shutting down); and libpq's words
 # for a session that ended with no code (SQLAlchemy's psycopg2 dialect matches the same texts).
-SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
+SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "25P03"})  # 25P03: STALLED_TRANSACTION_S passed
 SESSION_ENDED_TEXTS = ("server closed the connection unexpectedly", "terminating connection")
 # libpq's words when no server answers at all (restarting, failing over, a network blip); they carry no SQLSTATE.
 SERVER_GONE_TEXTS = ("Connection refused", "could not connect to server", "connection failed")
 RECONNECT_WINDOW_S = 60  # a storage call whose server went away is tried again for this long (a restart)
+# PostgreSQL ends a session left inside a transaction for this long: a worker frozen or cut off mid-transaction
+# (a paused VM, a lost network) would otherwise hold its row locks, and every other worker would wait on them
+# (tests/hpo/test_worker_loop.py::test_a_worker_frozen_inside_a_transaction_does_not_block_the_others).
+STALLED_TRANSACTION_S = 10
 GRPC_SCHEME = "grpc"  # grpc://HOST:PORT names an `hpo storage-proxy`
 GRPC_DEFAULT_PORT = 13000  # optuna's default
 GRPC_EXTRA_HINT = "pip install 'cifarnet-hpo[distributed]' (or pip install grpcio)"
@@ -362,8 +366,8 @@ def _engine_kwargs(url: URL, read_only: bool) -> dict:
     connect_args: dict[str, Any] = {}
     if url.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = CONNECT_TIMEOUT_S
-        if read_only:
-            connect_args["options"] = " ".join([url.query.get("options", ""), "-c default_transaction_read_only=on"])
+        settings = [url.query.get("options", ""), f"-c idle_in_transaction_session_timeout={STALLED_TRANSACTION_S}s"]
+        connect_args["options"] = " ".join(settings + (["-c default_transaction_read_only=on"] if read_only else []))
     return {"pool_pre_ping": True, "connect_args": connect_args}
 
 

@@ -13,8 +13,11 @@ import time
 from pathlib import Path
 
 import optuna
+import pytest
+import sqlalchemy
 from optuna.trial import TrialState
 
+import hpo.storage
 from hpo.consistency import check_consistency
 from hpo.storage import open_storage
 from tests.hpo.studyfiles import write_study
@@ -79,6 +82,39 @@ def test_stalled_worker_drops_its_lost_trial_and_goes_on(tmp_path, tiny_cifar, s
     assert 2 <= len([t for t in trials if t.state in DONE]) <= 3  # the budget, + 1 for two workers
     assert check_consistency(storage_for(storage_url), study_name) == []
 
+
+
+@pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
+def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path, tiny_cifar, storage_url,
+                                                                        study_name, monkeypatch):
+    """A worker frozen mid-transaction (a paused VM, a lost network) keeps its row locks: here a session opened
+    as a worker opens them, inside a transaction that locked the running trial 0 as a worker's epoch report
+    does, then left. The server ends it after STALLED_TRANSACTION_S (2 s here), and `hpo study join` fails and
+    re-runs trial 0. Before, the join waited on that lock for ever."""
+    monkeypatch.setattr(hpo.storage, "STALLED_TRANSACTION_S", 2)
+    path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 6}, workers={"grace_period": 2})
+    data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
+    dead = hpo_popen("study", "start", str(path), "--n-trials", "1", *data, cwd=tmp_path)
+    trial = wait_until(lambda: first_epoch_done(storage_url, study_name), dead, "a trial finished an epoch")
+    dead.kill()
+    dead.communicate()
+    frozen = open_storage(storage_url).engine.connect()
+    try:
+        frozen.execute(sqlalchemy.text(
+            "SELECT 1 FROM trials JOIN studies USING (study_id) WHERE study_name = :name AND number = :number "
+            "FOR KEY SHARE OF trials"), {"name": study_name, "number": trial.number})
+        time.sleep(3)  # the grace period: trial 0 is stale
+        other = subprocess.run([HPO, "study", "join", str(path), *data], cwd=tmp_path, capture_output=True,
+                               text=True, timeout=60)
+        assert other.returncode == 0, other.stderr
+        with pytest.raises(sqlalchemy.exc.DBAPIError, match="idle-in-transaction timeout"):
+            frozen.execute(sqlalchemy.text("SELECT 1"))  # the server ended the frozen session
+    finally:
+        frozen.close()  # without the fix, its lock would also hold up the fixture's clean-up
+    trials = trials_of(storage_url, study_name)
+    assert trials[trial.number].state == TrialState.FAIL
+    assert [t.state in DONE for t in trials if t.system_attrs.get("failed_trial") == trial.number] == [True]
+    assert check_consistency(storage_for(storage_url), study_name) == []
 
 def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_url, study_name):
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 12})
