@@ -59,8 +59,9 @@ class ExportResult:
         return self.weights.name == "checkpoint.pt" and self.epoch is not None and self.epoch < self.epochs
 
     def describe_weights(self) -> str:
-        trained = f": epoch {self.epoch} of {self.epochs}" if self.epoch is not None else ""
-        return f"weights {self.weights.name}{trained}" + (f", test_acc {self.test_acc:.4f}" if self.test_acc is not None else "")
+        epoch = f": epoch {self.epoch} of {self.epochs}" if self.epoch is not None else ""
+        accuracy = f", test_acc {self.test_acc:.4f}" if self.test_acc is not None else ""
+        return f"weights {self.weights.name}{epoch}{accuracy}"
 
 
 class DeployModel(nn.Module):

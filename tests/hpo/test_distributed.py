@@ -168,7 +168,6 @@ def test_ctrl_c_fails_the_trial_and_the_next_start_resumes(tmp_path, tiny_cifar,
     assert check_consistency(storage_for(pg_url), study_name) == []
 
 
-
 @pytest.mark.parametrize("number", [0, 1], ids=["popped-from-the-queue", "created"])
 def test_a_trial_interrupted_as_it_starts_is_requeued(tmp_path, tiny_cifar, storage_url, study_name, monkeypatch,
                                                       number):
@@ -227,6 +226,7 @@ def test_a_worker_killed_as_a_trial_starts_leaves_it_to_be_rerun(tmp_path, tiny_
     assert len(rerun) == 1 and rerun[0].state in DONE
     assert not [t for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert check_consistency(storage_for(pg_url), study_name) == []
+
 
 def test_worker_survives_its_database_connections_being_dropped(tmp_path, tiny_cifar, pg_url, study_name):
     app = f"hpo-test-{uuid.uuid4().hex[:8]}"  # only this test's connections are terminated
@@ -310,7 +310,6 @@ def test_ctrl_c_while_the_database_is_gone_exits_at_once(tmp_path, tiny_cifar, p
     assert "not re-queued" in err  # said, since the database could not take it; the next start re-queues it
 
 
-
 def test_a_result_whose_commit_reply_was_lost_is_not_a_crash(tmp_path, tiny_cifar, pg_url, pg_relay, study_name):
     """The connection dies after the server committed a trial's result but before the worker heard so: the
     call is tried again, finds the trial finished with that very result, and the worker goes on. Before, the
@@ -324,6 +323,7 @@ def test_a_result_whose_commit_reply_was_lost_is_not_a_crash(tmp_path, tiny_cifa
     assert len(trials) == 2 and all(t.state in DONE for t in trials), [t.state for t in trials]
     assert trials[0].state == TrialState.COMPLETE and trials[0].value == max(trials[0].intermediate_values.values())
     assert check_consistency(storage_for(pg_url), study_name) == []
+
 
 def wait_until_then(condition, action, timeout_s: float = 60) -> None:
     deadline = time.monotonic() + timeout_s

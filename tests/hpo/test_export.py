@@ -95,7 +95,6 @@ def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path):
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
 
-
 def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_cifar, tmp_path):
     """A `hpo train` run stopped after epoch 1 of 2 (interrupted) exports with its epoch and test accuracy
     named, in the output and the sidecar, and a warning that the weights are partly trained."""
@@ -109,6 +108,7 @@ def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_ci
     assert r.stderr.startswith(f"warning: {tmp_path} stopped at epoch 1 of its 2 (interrupted)"), r.stderr
     sidecar = json.loads((tmp_path / "model.torchscript.pt.json").read_text())
     assert (sidecar["epoch"], sidecar["epochs"], sidecar["test_acc"]) == (1, 2, history[0]["test_acc"])
+
 
 def test_failed_export_check_leaves_no_files(runs, tmp_path, monkeypatch):
     monkeypatch.setattr(hpo.export, "TOLERANCE", 0.0)  # no difference is below 0: the check must fail

@@ -83,7 +83,6 @@ def test_stalled_worker_drops_its_lost_trial_and_goes_on(tmp_path, tiny_cifar, s
     assert check_consistency(storage_for(storage_url), study_name) == []
 
 
-
 @pytest.mark.parametrize("storage_url", ["postgres"], indirect=True)
 def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path, tiny_cifar, storage_url,
                                                                         study_name, monkeypatch):
@@ -115,6 +114,7 @@ def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path
     assert trials[trial.number].state == TrialState.FAIL
     assert [t.state in DONE for t in trials if t.system_attrs.get("failed_trial") == trial.number] == [True]
     assert check_consistency(storage_for(storage_url), study_name) == []
+
 
 def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_url, study_name):
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 12})
