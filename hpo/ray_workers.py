@@ -12,7 +12,7 @@ Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays t
   attempt's last checkpoint (hpo.checkpoints) in the study's artifact store, a folder every node must see
   at the same path.
 - Progress lines: each worker prints its one line per trial; Ray forwards workers' output to the driver, every
-  line (its log deduplication is off unless RAY_DEDUP_LOGS is set).
+  line (its log deduplication is off unless RAY_DEDUP_LOGS is set), without colour codes when piped to a file.
 - Ctrl-C: every task is cancelled (a KeyboardInterrupt inside it, so its running trial is recorded as
   interrupted and queued again), the driver waits for them to stop and exits 130; `hpo study start` resumes.
 
@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
@@ -181,6 +182,8 @@ def import_ray() -> ModuleType:
     # Ray's driver merges output lines that differ only in their numbers ("[repeated 2x across cluster]"),
     # which swallowed most trials' progress lines; read when ray is imported. A user's own setting wins.
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not sys.stdout.isatty():  # Ray colours each forwarded line's prefix, a terminal's escape codes in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         import ray
     except ImportError:

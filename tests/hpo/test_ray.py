@@ -179,6 +179,7 @@ def test_every_trial_prints_its_progress_line_through_the_driver(tmp_path, clust
     done = [t.number for t in check_trials(pg_url, study_name) if t.state in DONE]
     assert len(done) >= n
     assert [t for t in done if not re.search(rf"\btrial {t}\b[^|]*\b(complete|pruned)\b", out)] == [], out
+    assert "\x1b[" not in out  # piped to a file: no terminal colour codes around Ray's "(hpo-worker-0 pid=...)"
 
 
 def test_one_worker_per_slot_of_the_cluster():
