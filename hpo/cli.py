@@ -20,7 +20,10 @@ def _interrupted_while_starting(signum: int, frame: object) -> None:
 
 # Installed before anything is imported and restored once this module is loaded (spawned worker processes
 # import it too, and must keep Python's own Ctrl-C); the heavy imports happen inside the commands, under main().
-_sigint_before_import = signal.signal(signal.SIGINT, _interrupted_while_starting)
+# A worker process starts with SIGINT ignored (hpo.launcher) and keeps it so until it can handle it.
+_sigint_before_import = signal.getsignal(signal.SIGINT)
+if _sigint_before_import is not signal.SIG_IGN:
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 from importlib.metadata import PackageNotFoundError, entry_points, version  # noqa: E402
 from typing import Annotated, Optional  # noqa: E402

@@ -11,8 +11,10 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
-from typing import Any, Callable
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -59,13 +61,17 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
     spawn, not fork: torch's thread pools and open database connections do not survive a fork.
     """
     ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_child, args=(target, job, i), name=f"hpo-worker-{i}") for i, job in enumerate(jobs)]
-    for p in procs:
-        p.start()
+    stop = ctx.Event()  # set on Ctrl-C: a child still starting up then stops as soon as it can
+    procs = [ctx.Process(target=_child, args=(target, job, i, stop), name=f"hpo-worker-{i}")
+             for i, job in enumerate(jobs)]
     try:
+        with _children_ignore_sigint():
+            for p in procs:
+                p.start()
         for p in procs:
             p.join()
     except KeyboardInterrupt as e:
+        stop.set()
         _interrupt(procs, getattr(e, "signum", signal.SIGINT))
         raise
     failed = [_describe_exit(p) for p in procs if p.exitcode]
@@ -74,9 +80,33 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
                        "their stale heartbeat and re-run by the other workers")
 
 
-def _child(target: Callable[..., Any], job: tuple, index: int) -> None:
+@contextmanager
+def _children_ignore_sigint() -> Iterator[None]:
+    """Processes spawned inside start with SIGINT ignored (SIG_IGN is inherited), so a terminal's Ctrl-C that
+    reaches one while it imports torch is not a traceback from inside an import
+    (tests/hpo/test_worker_loop.py::test_ctrl_c_while_the_worker_processes_start_prints_no_traceback); `_child`
+    handles it again, and stops at once if this process was interrupted meanwhile. A Ctrl-C during the few
+    milliseconds of the starts waits for this process (blocked: pending) unless another of its threads took it."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
+def _child(target: Callable[..., Any], job: tuple, index: int, stop: Any) -> None:
     # The child's version of hpo.cli.main's error handling: one line, never a traceback for expected errors.
     try:
+        # Ignored while this process started, and blocked too where the spawn kept the parent's mask (seen).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        if stop.is_set():  # the Ctrl-C came while it started, or before the parent forwarded it
+            raise KeyboardInterrupt
         target(*job)
     except CifarNetError as e:
         print(f"error: worker {index}: {e}", file=sys.stderr)
@@ -95,6 +125,7 @@ def _interrupt(procs: list[multiprocessing.Process], signum: int) -> None:
     """Ctrl-C in a terminal reaches the whole process group; `kill -INT` or `kill -TERM` the parent alone. Give
     the children time to stop on their own, then forward the signal once (a second one could cut short the
     write that records their trial as failed), then terminate what is left."""
+    procs = [p for p in procs if p.pid is not None]  # the started ones: an interrupt can cut the starts short
     deadline = time.monotonic() + FORWARD_INTERRUPT_S
     for p in procs:
         p.join(timeout=max(0.0, deadline - time.monotonic()))

@@ -136,6 +136,35 @@ def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_
     assert check_consistency(storage_for(storage_url), study_name) == []
 
 
+def test_ctrl_c_while_the_worker_processes_start_prints_no_traceback(tmp_path, tiny_cifar, study_name):
+    """A terminal's Ctrl-C reaches every process of the group, the spawned workers too while they are still
+    importing torch: each printed a 40-line KeyboardInterrupt traceback from inside an import."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = write_study(tmp_path, study_name, url)
+    proc = subprocess.Popen([HPO, "study", "start", str(path), "--workers", "2", "--threads", "1", "--data-dir",
+                             str(tiny_cifar)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)  # its own process group, like a terminal's job
+    wait_until(lambda: len(_spawned_workers(proc.pid)) == 2, proc, "both worker processes spawned")
+    os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: within milliseconds of the spawn, mid-import
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and err.count("\n") == 1, err
+    assert not [t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING]
+    assert check_consistency(storage_for(url), study_name) == []
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The multiprocessing-spawned children of `pid` (not its resource tracker)."""
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return [int(c) for c in children if b"spawn_main" in _read_or_empty(Path(f"/proc/{c}/cmdline"))]
+
+
+def _read_or_empty(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:  # the process ended meanwhile
+        return b""
+
+
 def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_name):
     url = f"sqlite:///{tmp_path / 'study.db'}"
     # Long unpruned trials: both workers are still inside a trial when SIGTERM arrives (with 12 epochs and the
