@@ -203,10 +203,11 @@ def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResul
     """Train until the target or max epochs, write the run folder, upload it and record the outcome as its own
     record on the study (earlier retrains keep theirs; a resumed run continues the record of its folder)."""
     run_dir = stored_artifact_dir(plan.out, plan.storage_url)  # portable: relative to a SQLite database's folder
-    unfinished = [r for r in retrain_records(plan.study) if r.get("run_dir") == run_dir
-                  and r.get("status") in ("running", "interrupted")] if plan.options.resume else []
-    key = unfinished[-1]["key"] if unfinished else new_record_key()
-    started = unfinished[-1].get("started", now_iso()) if unfinished else now_iso()
+    # One record per run folder: a resumed run, whether it was interrupted, killed, failed or had already ended
+    # (a script that always passes --resume), continues the record of its folder instead of adding one.
+    same_run = [r for r in retrain_records(plan.study) if r.get("run_dir") == run_dir] if plan.options.resume else []
+    key = same_run[-1]["key"] if same_run else new_record_key()
+    started = same_run[-1].get("started", now_iso()) if same_run else now_iso()
     record = {"trial": plan.trial.number, "target": plan.target, "max_epochs": plan.cfg.epochs, "run_dir": run_dir,
               "schedule": plan.schedule_note, "started": started}
     plan.study.set_user_attr(key, {**record, "status": "running"})

@@ -202,6 +202,10 @@ def test_retrain_killed_mid_run_resumes_to_the_same_result_as_an_uninterrupted_o
     assert "resuming its checkpoint" in done.stdout and "MISSED target 1" in done.stdout
     assert f"final {straight.final_test_acc:.4f}, best {straight.best_test_acc:.4f}" in done.stdout
     _assert_same_run(tmp_path / "a", tmp_path / "b")
+    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120, env=ENV)  # ended
+    assert again.returncode == 0 and "MISSED target 1" in again.stdout, again.stderr
+    records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
+    assert [r["status"] for r in records] == ["missed", "missed"]  # still one record per run folder
 
 
 def _assert_same_run(a: Path, b: Path) -> None:
