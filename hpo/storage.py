@@ -4,15 +4,18 @@ optuna's `RDBStorage` does the work (`pool_pre_ping`; heartbeat + `RetryHeartbea
 re-queue a dead worker's trial), durable by default. Ours, each with the test that needs it: one-line
 `StorageError`s (password hidden); SQLite WAL, busy timeout and BEGIN IMMEDIATE; read-only opens for the
 inspecting commands; a call whose connection died under it, or whose server is restarting, tried again;
-Ctrl-C held until a call ends; a trial's first heartbeat as it is set RUNNING.
+Ctrl-C held until a call ends (and signalled again if it landed in a finalizer); a trial's first heartbeat as
+it is set RUNNING.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import signal
 import sqlite3
+import sys
 import threading
 import time
 import warnings
@@ -42,6 +45,7 @@ SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03", "25P03"})  # 25P03:
 SESSION_ENDED_TEXTS = ("server closed the connection unexpectedly", "terminating connection")
 # libpq's words when no server answers at all (restarting, failing over, a network blip); they carry no SQLSTATE.
 SERVER_GONE_TEXTS = ("Connection refused", "could not connect to server", "connection failed")
+REDELIVER_S = 0.05  # an interrupt lost inside a finalizer is signalled again after this (_deliver_again)
 RECONNECT_WINDOW_S = 60  # a storage call whose server went away is tried again for this long (a restart)
 # PostgreSQL ends a session left inside a transaction for this long: a worker frozen or cut off mid-transaction
 # (a paused VM, a lost network) would otherwise hold its row locks, and every other worker would wait on them
@@ -334,14 +338,29 @@ def interrupts_between_storage_calls(*signals: int) -> Iterator[None]:
         _held.pending = _held.pending or interrupt
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, *signals)}
+    previous_hook, sys.unraisablehook = sys.unraisablehook, functools.partial(_deliver_again, sys.unraisablehook)
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _held.pending = None
         global _received
         _received = None
+
+
+def _deliver_again(previous_hook: Callable[[Any], None], unraisable: Any) -> None:
+    """Python only prints an exception raised inside a finalizer or weakref callback: an interrupt that landed
+    in one was lost (seen: a Ray worker cancelled on Ctrl-C ran on while the driver waited for it;
+    tests/hpo/test_storage.py::test_an_interrupt_that_lands_in_a_finalizer_is_not_lost). Signal it again, a
+    moment later from another thread: raised from here, it would be handled inside this hook and ignored too."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        resend = threading.Timer(REDELIVER_S, os.kill, (os.getpid(), unraisable.exc_value.signum))
+        resend.daemon = True
+        resend.start()
+    else:
+        previous_hook(unraisable)
 
 
 def _begin_immediate(engine: sqlalchemy.Engine) -> None:

@@ -3,9 +3,11 @@ the installed CLI."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -14,7 +16,8 @@ import pytest
 import sqlalchemy
 
 from hpo.errors import StorageError
-from hpo.storage import RETRIED_CALLS, ReconnectingRDBStorage, display_url, open_storage
+from hpo.storage import (RETRIED_CALLS, ReconnectingRDBStorage, display_url, interrupts_between_storage_calls,
+                         open_storage)
 from hpo.studyfile import WorkerSpec
 from tests.conftest import POSTGRES_URL
 
@@ -146,3 +149,18 @@ def test_a_corrupt_sqlite_database_is_reported_once(tmp_path, study_name):
         assert "database disk image is malformed" in r.stderr, r.stderr
     with pytest.raises(StorageError, match="database disk image is malformed"):
         open_storage(f"sqlite:///{db}")  # a worker refuses it too, before touching it
+
+
+def test_an_interrupt_that_lands_in_a_finalizer_is_not_lost():
+    """Python only prints an exception raised inside a finalizer or weakref callback ("Exception ignored in"),
+    so a Ctrl-C (or Ray's cancel) that arrived while one ran was lost: a cancelled Ray worker ran on and the
+    driver waited for it, its traceback on the driver's stderr."""
+    class Finalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)  # the handler runs at the next bytecode: still in here
+            sum(range(1000))
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupts_between_storage_calls():
+            Finalized()  # dropped at once
+            time.sleep(5)  # without the fix the interrupt is gone and this runs to its end
