@@ -144,12 +144,14 @@ def _warn_if_proxy(url: str) -> None:
 
 
 def _interruptible(run: Callable[[], T]) -> T:
-    """Ctrl-C: the worker(s) marked the running trial failed and re-queued it; say so in one line."""
+    """Ctrl-C: the worker(s) marked a trial they were running failed and re-queued it; say so in one line, which
+    must not claim a trial where none had started yet (start-up, workers still starting)."""
     try:
         return run()
     except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too (exit 143)
-        raise Interrupted("interrupted: the running trial is marked failed (fail_reason 'interrupted') and queued "
-                          "again; run the same command to resume", exit_code=getattr(e, "exit_code", 130)) from None
+        raise Interrupted("interrupted: a trial that was running is marked failed (fail_reason 'interrupted') and "
+                          "queued again; run the same command to resume",
+                          exit_code=getattr(e, "exit_code", 130)) from None
 
 
 @app.command("check")

@@ -148,6 +148,7 @@ def test_ctrl_c_while_the_worker_processes_start_prints_no_traceback(tmp_path, t
     os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: within milliseconds of the spawn, mid-import
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and err.count("\n") == 1, err
+    assert err.startswith("interrupted: a trial that was running is marked failed")  # not "the running trial"
     assert not [t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING]
     assert check_consistency(storage_for(url), study_name) == []
 
