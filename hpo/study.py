@@ -12,6 +12,7 @@ import warnings
 from dataclasses import dataclass
 from typing import Any
 
+import numpy
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -30,12 +31,20 @@ INTERRUPTED_REASON = "interrupted"  # fail_reason of a trial stopped by Ctrl-C; 
 KEPT_ON_RETRY = ("seed_baseline", "seed_moved_into_space")  # user_attrs a re-queued trial inherits
 
 
-def build_sampler(spec: StudySpec, seed_offset: int | None = 0) -> optuna.samplers.BaseSampler:
+def build_sampler(spec: StudySpec, seed_offset: int | None = 0, first_trial: int = 0) -> optuna.samplers.BaseSampler:
     """The study file's sampler; `seed_offset` keeps parallel workers from proposing identical trials
-    (None: fresh randomness, for workers joining from elsewhere)."""
+    (None: fresh randomness, for workers joining from elsewhere). The first run of a study (`first_trial` 0)
+    seeds it with the file's seed + offset; a later run (a resume, a bigger budget) with a seed derived from
+    both and its first trial number: the file's seed again would replay the first run's configurations
+    (tests/hpo/test_study.py::test_seed_trial_is_trial_0_and_resume_adds_trials)."""
     options = dict(spec.sampler.options)
-    if "seed" in options:
-        options["seed"] = None if seed_offset is None else options["seed"] + seed_offset
+    if "seed" in options and seed_offset is None:
+        options["seed"] = None
+    elif "seed" in options and first_trial == 0:
+        options["seed"] += seed_offset
+    elif "seed" in options:
+        sequence = numpy.random.SeedSequence([options["seed"], seed_offset, first_trial])
+        options["seed"] = int(sequence.generate_state(1)[0])
     kind = spec.sampler.kind
     if kind == "tpe":
         return optuna.samplers.TPESampler(**options)

@@ -138,12 +138,12 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     # path: tests/hpo/test_cli.py::test_join_on_a_missing_database_creates_nothing).
     storage = open_existing_storage(spec.storage, heartbeat=spec.workers)
     try:
-        study = optuna.load_study(study_name=spec.name, storage=storage, sampler=build_sampler(spec, seed_offset),
-                                  pruner=build_pruner(spec))
+        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
     except KeyError:
         raise HPOError(f"no study {spec.name!r} in {display_url(spec.storage)}: start it with "
                        f"`hpo study start`, then join it with `hpo study join`") from None
     budget = _stored_budget(study, spec)
+    study.sampler = build_sampler(spec, seed_offset, budget.first_trial)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     artifact_dir = study_artifact_dir(study.user_attrs, spec.storage, spec.artifact_dir)

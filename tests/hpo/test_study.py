@@ -76,6 +76,8 @@ def test_seed_trial_is_trial_0_and_resume_adds_trials(tmp_path, tiny_cifar, stor
     assert [t.number for t in trials] == [0, 1, 2, 3]
     assert sum(bool(t.user_attrs.get("seed_baseline")) for t in trials) == 1
     assert [(t.number, t.state, t.params, t.value) for t in trials[:2]] == before  # earlier trials kept
+    # The seeded sampler does not start its sequence over: the resumed run's first sampled trial is new.
+    assert trials[2].params != trials[1].params
     row = next(r for r in list_studies(storage_url) if r.name == study_name)
     assert row.trials == 4 and row.best_value == max(t.value for t in trials if t.value is not None)
 
