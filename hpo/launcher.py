@@ -105,6 +105,7 @@ def _child(target: Callable[..., Any], job: tuple, index: int, stop: Any) -> Non
         # Ignored while this process started, and blocked too where the spawn kept the parent's mask (seen).
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        _stop_with_parent()
         if stop.is_set():  # the Ctrl-C came while it started, or before the parent forwarded it
             raise KeyboardInterrupt
         target(*job)
@@ -119,6 +120,19 @@ def _child(target: Callable[..., Any], job: tuple, index: int, stop: Any) -> Non
         print(f"error: worker {index}: unexpected {type(e).__name__}: {e} (set HPO_DEBUG=1 for the traceback)",
               file=sys.stderr)
         sys.exit(1)
+
+
+def _stop_with_parent() -> None:
+    """SIGTERM this child when its parent dies unannounced (kill -9, the OOM killer): it records its trial as
+    interrupted and exits, instead of running the rest of the budget unseen
+    (tests/hpo/test_worker_loop.py::test_workers_stop_when_their_parent_is_killed)."""
+    parent = multiprocessing.parent_process()
+
+    def watch() -> None:
+        parent.join()  # returns once the parent is gone
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="hpo-parent-watch", daemon=True).start()
 
 
 def _interrupt(procs: list[multiprocessing.Process], signum: int) -> None:

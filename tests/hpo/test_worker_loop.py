@@ -4,6 +4,7 @@ the budget counts."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import signal
@@ -182,4 +183,31 @@ def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_na
     assert not [t for t in trials if t.state == TrialState.RUNNING]
     failed = [t for t in trials if t.state == TrialState.FAIL]
     assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed), [(t.number, t.state.name, t.user_attrs.get("fail_reason"), len(t.user_attrs.get("curve", []))) for t in trials]
+    assert check_consistency(storage_for(url), study_name) == []
+
+
+def test_workers_stop_when_their_parent_is_killed(tmp_path, tiny_cifar, study_name):
+    """kill -9 (or the OOM killer) of `hpo study start --workers 2` leaves no worker running on unseen: each
+    records its trial as interrupted and exits."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    path = write_study(tmp_path, study_name, url, budget={"epochs": 40}, pruner={"n_startup_trials": 100})
+    proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
+                     "--data-dir", str(tiny_cifar), cwd=tmp_path)
+    wait_until(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
+                            and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
+    workers = _spawned_workers(proc.pid)
+    os.kill(proc.pid, signal.SIGKILL)
+    try:
+        out, err = proc.communicate(timeout=60)  # the pipes close once the last worker has exited
+    finally:
+        for pid in workers:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert proc.returncode == -signal.SIGKILL and "Traceback" not in err, err
+    trials = trials_of(url, study_name)
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    # Without the watch, both workers ran the rest of the budget: every trial COMPLETE, none failed.
+    assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed), \
+        [(t.number, t.state.name) for t in trials]
     assert check_consistency(storage_for(url), study_name) == []
