@@ -27,8 +27,12 @@ def storage_proxy_cmd(
 ) -> None:
     """Serve a study database to many workers over gRPC (optuna's storage proxy); workers then use
     --storage grpc://HOST:PORT. Needs the `distributed` extra (grpcio)."""
+    import optuna
+
     from hpo.errors import StorageError
     from hpo.storage import serve_storage_proxy
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # its "Server started" / "Listening" repeat our line
 
     if storage is None:
         raise StorageError("give the database to serve: --storage URL (or HPO_STORAGE)")

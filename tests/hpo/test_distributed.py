@@ -350,6 +350,7 @@ def test_storage_proxy_serves_a_study(tmp_path, tiny_cifar, study_name):
         proxy.send_signal(signal.SIGINT)
         out, err = proxy.communicate(timeout=30)
     assert proxy.returncode == 0 and "storage proxy stopped" in out, err
+    assert err == ""  # quiet: optuna's own "[I ...] Server started" / "Listening..." lines are not repeated
     trials = trials_of(url, study_name)  # the database behind the proxy
     assert len(trials) == 2 and all(t.state in DONE for t in trials)
     assert check_consistency(storage_for(url), study_name) == []
