@@ -24,6 +24,7 @@ from hpo.errors import HPOError
 
 FORWARD_INTERRUPT_S = 2.0  # a terminal's Ctrl-C reaches every child; after this, the ones still alive get it
 CHILD_STOP_S = 30.0  # an interrupted child records its trial as failed within this, else it is terminated
+UNRECORDED_EXIT = 3  # an interrupted child whose trial could not be recorded as interrupted (database gone)
 
 
 def device_slots(devices: str, per_device: int = 1) -> tuple[str, ...]:
@@ -73,6 +74,7 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
     except KeyboardInterrupt as e:
         stop.set()
         _interrupt(procs, getattr(e, "signum", signal.SIGINT))
+        e.recorded = all(p.exitcode != UNRECORDED_EXIT for p in procs)  # the same as hpo.worker's, for the CLI
         raise
     failed = [_describe_exit(p) for p in procs if p.exitcode]
     if failed:
@@ -113,7 +115,7 @@ def _child(target: Callable[..., Any], job: tuple, index: int, stop: Any) -> Non
         print(f"error: worker {index}: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too
-        sys.exit(getattr(e, "exit_code", 130))
+        sys.exit(getattr(e, "exit_code", 130) if getattr(e, "recorded", True) else UNRECORDED_EXIT)
     except Exception as e:
         if os.environ.get("HPO_DEBUG"):
             raise
@@ -157,4 +159,6 @@ def _describe_exit(p: multiprocessing.Process) -> str:
     code = p.exitcode
     if code is not None and code < 0:
         return f"{p.name} killed by {signal.Signals(-code).name}"
+    if code == UNRECORDED_EXIT:
+        return f"{p.name} interrupted (its trial not recorded: the next run re-runs it)"
     return f"{p.name} interrupted" if code in (130, 143) else f"{p.name} (exit code {code})"

@@ -213,8 +213,8 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner
             continue
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
-        except KeyboardInterrupt:
-            _requeue_after_interrupt(study, storage, runner.current)
+        except KeyboardInterrupt as e:
+            e.recorded = _requeue_after_interrupt(study, storage, runner.current)
             raise
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
@@ -228,7 +228,7 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner
             if (interrupt := interrupt_received()) is not None:
                 # optuna could not record the interrupted trial (database gone) and raised its own error instead
                 # (tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once).
-                _requeue_after_interrupt(study, storage, runner.current)
+                interrupt.recorded = _requeue_after_interrupt(study, storage, runner.current)
                 raise interrupt from None
             if not is_transient(e):
                 raise
@@ -284,10 +284,10 @@ class BudgetGuard:
         return Step.WAIT if still_running and self.can_wait else Step.STOP
 
 
-def _requeue_after_interrupt(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int | None) -> None:
+def _requeue_after_interrupt(study: optuna.Study, storage: optuna.storages.BaseStorage, number: int | None) -> bool:
     """Queue the interrupted trial again so the study does not lose it (the next `hpo study start` would
-    also do it); a database problem here must not hide the interrupt. A trial interrupted as optuna started
-    it, before the objective ran (`number` None), is recorded as interrupted here."""
+    also do it); a database problem here must not hide the interrupt, and is said (returns False). A trial
+    interrupted as optuna started it, before the objective ran (`number` None), is recorded as interrupted here."""
     try:
         started = getattr(storage, "started_trial_id", None)  # not behind the gRPC proxy
         trial = storage.get_trial(started) if started is not None else None
@@ -297,9 +297,11 @@ def _requeue_after_interrupt(study: optuna.Study, storage: optuna.storages.BaseS
             number = trial.number
         if number is not None:  # None: interrupted between trials
             requeue_interrupted(study, only=number)
+        return True
     except Exception as e:
         _log.warning("warning: trial %s not re-queued (%s); the next `hpo study start` does it",
                      "?" if number is None else number, e)
+        return False
 
 
 def _stored_budget(study: optuna.Study, spec: StudySpec) -> RunBudget:

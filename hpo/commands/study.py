@@ -145,12 +145,16 @@ def _warn_if_proxy(url: str) -> None:
 
 def _interruptible(run: Callable[[], T]) -> T:
     """Ctrl-C: the worker(s) marked a trial they were running failed and re-queued it; say so in one line, which
-    must not claim a trial where none had started yet (start-up, workers still starting)."""
+    must not claim a trial where none had started yet (start-up, workers still starting), nor one the database
+    could not take (`recorded` False:
+    tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once)."""
     try:
         return run()
     except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too (exit 143)
-        raise Interrupted("interrupted: a trial that was running is marked failed (fail_reason 'interrupted') and "
-                          "queued again; run the same command to resume",
+        what = ("a trial that was running is marked failed (fail_reason 'interrupted') and queued again"
+                if getattr(e, "recorded", True) else "the running trial could not be recorded as interrupted "
+                "(database unreachable, see the warning above): the next run re-runs it")
+        raise Interrupted(f"interrupted: {what}; run the same command to resume",
                           exit_code=getattr(e, "exit_code", 130)) from None
 
 
