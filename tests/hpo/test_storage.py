@@ -34,6 +34,25 @@ def test_open_storage_creates_schema_with_heartbeat(storage_url, study_name):
     assert study_name in {s.study_name for s in optuna.get_all_study_summaries(open_storage(storage_url))}
 
 
+def test_two_workers_failing_the_same_stale_trial_queue_one_rerun(storage_url, study_name):
+    """Two workers' stale-trial checks race for a dead worker's trial: the one that fails it second must get
+    optuna's UpdateFinishedTrialError (fail_stale_trials then skips the trial), not True, or it queues a second
+    re-run. CI saw it: tests/hpo/test_distributed.py::test_six_workers_two_killed_end_with_n_to_n_plus_5_trials
+    failed with a killed trial re-run twice."""
+    spec = WorkerSpec(heartbeat_interval=1, grace_period=1, max_retry=2)
+    first, second = open_storage(storage_url, spec), open_storage(storage_url, spec)
+    study = optuna.create_study(storage=first, study_name=study_name)
+    dead = study.ask()  # RUNNING with a heartbeat; then its worker is gone
+    time.sleep(2.5)
+    optuna.storages.fail_stale_trials(study)  # the first worker's check fails it and queues its re-run
+    trial_id = second.get_trial_id_from_study_id_trial_number(second.get_study_id_from_name(study_name),
+                                                              dead.number)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # the second worker's, a moment late
+        second.set_trial_state_values(trial_id, optuna.trial.TrialState.FAIL)
+    trials = optuna.load_study(study_name=study_name, storage=second).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.WAITING]
+
+
 def test_every_retried_storage_call_exists_in_this_optuna():
     """The dropped-connection retry wraps optuna's RDBStorage methods by name, some of them the private ones
     its trial cache calls: a name a newer optuna renamed would silently lose its retry, so it fails here."""
