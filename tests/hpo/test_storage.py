@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import uuid
+import warnings
 from pathlib import Path
 
 import optuna
@@ -42,9 +43,11 @@ def test_two_workers_failing_the_same_stale_trial_queue_one_rerun(storage_url, s
     spec = WorkerSpec(heartbeat_interval=1, grace_period=1, max_retry=2)
     first, second = open_storage(storage_url, spec), open_storage(storage_url, spec)
     study = optuna.create_study(storage=first, study_name=study_name)
-    dead = study.ask()  # RUNNING with a heartbeat; then its worker is gone
-    time.sleep(2.5)
-    optuna.storages.fail_stale_trials(study)  # the first worker's check fails it and queues its re-run
+    with warnings.catch_warnings():  # "Heartbeat ... supposed to be used with Study.optimize", "experimental"
+        warnings.simplefilter("ignore")
+        dead = study.ask()  # RUNNING with a heartbeat; then its worker is gone
+        time.sleep(2.5)
+        optuna.storages.fail_stale_trials(study)  # the first worker's check fails it and queues its re-run
     trial_id = second.get_trial_id_from_study_id_trial_number(second.get_study_id_from_name(study_name),
                                                               dead.number)
     with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):  # the second worker's, a moment late
