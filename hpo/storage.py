@@ -247,9 +247,10 @@ class ReconnectingRDBStorage(optuna.storages.RDBStorage):
                 # On a first try it was finished by another process (its stale-trial check failed the trial
                 # first), and optuna's fail_stale_trials must get the error or it queues a second re-run
                 # (tests/hpo/test_storage.py::test_two_workers_failing_the_same_stale_trial_queue_one_rerun).
+                if tries == 1:
+                    raise
                 stored = self.get_trial(trial_id)
-                expected = list(values) if values is not None else None
-                if tries == 1 or stored.state != state or stored.values != expected:
+                if stored.state != state or stored.values != (list(values) if values is not None else None):
                     raise
                 updated = True
             if updated and state == TrialState.RUNNING:  # popped from the queue
