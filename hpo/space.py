@@ -8,6 +8,7 @@ configuration that was searched.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, Union
@@ -146,3 +147,25 @@ def seed_params(space: SearchSpace, base: TrainConfig) -> dict[str, Any]:
                    "dilation": base.model.dilation, "residual": base.model.residual,
                    "depthwise": base.model.depthwise}
     return {name: ORIGINAL_PARAMS.get(name, base_values.get(name)) for name in space.params}
+
+
+def params_range(space: SearchSpace, base: TrainConfig) -> tuple[int, int]:
+    """The fewest and the most parameters a model of `space` has: every combination of the searched switches
+    (dilation, residual, depthwise) at the narrowest and at the widest widths (parameters grow with each width)."""
+    from cifarnet.model import build_model, count_params  # torch: only the commands that build models load it
+
+    def values(name: str) -> list[Any]:
+        dist = space.params.get(name)
+        if isinstance(dist, Choice):
+            return list(dist.choices)
+        if isinstance(dist, IntRange):  # optuna's suggest_int never goes past the last step below `high`
+            return list(range(dist.low, dist.high + 1, 1 if dist.log else dist.step))
+        return [getattr(base.model, name)]
+
+    widths = [values(f"width{i + 1}") if f"width{i + 1}" in space.params else [w]
+              for i, w in enumerate(base.model.widths)]
+    switches = ["dilation", "residual", "depthwise"]
+    sizes = [count_params(build_model(apply_params(base, {**dict(zip(switches, combo)), **{
+        f"width{i + 1}": pick(w) for i, w in enumerate(widths)}}).model))
+        for pick in (min, max) for combo in itertools.product(*map(values, switches))]
+    return min(sizes), max(sizes)

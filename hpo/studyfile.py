@@ -35,7 +35,7 @@ from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
 from hpo.paths import resolve_sqlite_url
-from hpo.space import Choice, SearchSpace, apply_params, parse_space
+from hpo.space import Choice, SearchSpace, apply_params, params_range, parse_space
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 
@@ -322,6 +322,17 @@ def _check_space(space: SearchSpace, base: TrainConfig) -> None:
             except ConfigError as e:
                 detail = str(e).removeprefix("searched values give an invalid config: ")
                 raise StudyFileError(f"[space] {name}: {value!r} is not a valid training value ({detail})") from None
+
+
+def check_size_budget(spec: StudySpec) -> tuple[int, int]:
+    """The space's parameter range; StudyFileError when even its smallest model is above max_params, so every
+    trial would be rejected before training (`hpo study check`, and `hpo study start` before the study is
+    touched). Not in `load_study_file`: it builds models, and the commands that only read must not load torch."""
+    low, high = params_range(spec.space, spec.base)
+    if spec.max_params is not None and low > spec.max_params:
+        raise StudyFileError(f"study {spec.name!r}: [study] max_params {spec.max_params:,} is below the smallest "
+                             f"model of [space] ({low:,} parameters): every trial would be rejected before training")
+    return low, high
 
 
 def _relative_to_file(study: dict[str, Any], folder: Path) -> None:

@@ -38,7 +38,7 @@ from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, inte
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
                        study_status)
-from hpo.studyfile import StudySpec
+from hpo.studyfile import StudySpec, check_size_budget
 
 _log = logging.getLogger(__name__)
 TRANSIENT_PAUSE_S = 2.0  # back-off after the database was locked past its busy timeout or dropped a connection
@@ -85,6 +85,7 @@ def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> Study
 
 def begin_run(spec: StudySpec) -> RunBudget:
     """Create or resume the study and store this run's budget, which every worker then obeys."""
+    check_size_budget(spec)
     optuna.logging.set_verbosity(logging.WARNING)  # "A new study created ..." is noise next to our lines
     study = create_or_resume(spec, open_storage(spec.storage))
     now = time.time()

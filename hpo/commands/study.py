@@ -289,16 +289,12 @@ def format_list(rows: list[dict[str, Any]]) -> str:
 
 
 def describe_spec(spec: Any) -> dict[str, Any]:
-    """`hpo study check`: what a study file searches, with the parameter range of its widths."""
-    from cifarnet.model import model_stats
-    from hpo.space import Choice, apply_params
+    """`hpo study check`: what a study file searches, with the parameter range of its models."""
     from hpo.storage import display_url
     from hpo.study import baseline_params
+    from hpo.studyfile import check_size_budget
 
-    widths = {n: d for n, d in spec.space.params.items() if n.startswith("width")}
-    lo = {n: min(d.choices) if isinstance(d, Choice) else d.low for n, d in widths.items()}
-    hi = {n: max(d.choices) if isinstance(d, Choice) else d.high for n, d in widths.items()}
-    sizes = [model_stats(apply_params(spec.base, v).model).params for v in (lo, hi)]
+    sizes = list(check_size_budget(spec))
     baseline, moved = baseline_params(spec.space, spec)
     return {
         "name": spec.name, "storage": display_url(spec.storage), "trials": spec.n_trials, "timeout": spec.timeout,
@@ -319,7 +315,7 @@ def format_spec(d: dict[str, Any]) -> str:
         f"sampler {d['sampler']}; pruner {d['pruner']}",
         f"per trial: {d['epochs']} epochs on {d['train_size'] or 'all'} training images, "
         f"{d['val_size']} validation images",
-        f"parameters: {d['params_range'][0]:,} .. {d['params_range'][1]:,} over the width range"
+        f"parameters: {d['params_range'][0]:,} .. {d['params_range'][1]:,} over the space"
         + (f" (max_params {d['max_params']:,})" if d["max_params"] else ""),
         f"target val_acc: {d['target_accuracy']}" + (" (stops all workers)" if d["stop_on_target"] else ""),
         f"artifacts: {d['artifact_dir']}",

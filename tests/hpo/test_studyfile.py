@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import math
 import random
@@ -14,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import StudyFileError
-from hpo.space import Choice
-from hpo.studyfile import load_study_file, spec_from_dict, to_toml
+from hpo.space import MODEL_PARAMS, Choice, apply_params, params_range
+from hpo.studyfile import check_size_budget, load_study_file, spec_from_dict, to_toml
 from tests.hpo.studyfiles import TINY_STUDY, write_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -101,6 +102,29 @@ def test_space_bound_outside_training_limits_is_a_file_error(tmp_path):
     path = write_study(tmp_path, "wd", "sqlite:///x.db", space={"weight_decay": {"low": 0.0, "high": 1.5}})
     with pytest.raises(StudyFileError, match=r"\[space\] weight_decay.*1.5"):
         load_study_file(path)
+
+
+def test_parameter_range_is_exact_over_every_searched_switch():
+    """smoke.toml searches depthwise and dilation too: its plain-conv corners are the largest models."""
+    from cifarnet.model import build_model, count_params
+
+    spec = load_study_file(STUDIES / "smoke.toml")
+    arch = {n: d.choices for n, d in spec.space.params.items() if n in MODEL_PARAMS}
+    sizes = [count_params(build_model(apply_params(spec.base, dict(zip(arch, combo))).model))
+             for combo in itertools.product(*arch.values())]
+    assert check_size_budget(spec) == (min(sizes), max(sizes)) and max(sizes) > spec.max_params
+
+
+def test_max_params_below_every_model_of_the_space_is_refused_up_front(tmp_path, tiny_cifar):
+    path = write_study(tmp_path, "small", f"sqlite:///{tmp_path / 'small.db'}", study={"max_params": 1000})
+    spec = load_study_file(path)
+    low, _ = params_range(spec.space, spec.base)
+    for command in (["study", "check", str(path)], ["study", "start", str(path), "--data-dir", str(tiny_cifar)]):
+        r = subprocess.run([HPO, *command], capture_output=True, text=True, cwd=tmp_path)
+        assert (r.returncode, r.stdout) == (1, ""), command
+        assert r.stderr == (f"error: study 'small': [study] max_params 1,000 is below the smallest model of [space] "
+                            f"({low:,} parameters): every trial would be rejected before training\n"), command
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.toml"]  # no database, no artifacts
 
 
 def test_committed_quick_study_resumes_only_with_its_own_file(tmp_path):
