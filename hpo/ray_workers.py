@@ -32,7 +32,7 @@ from typing import Any
 
 from hpo.errors import HPOError, first_line
 from hpo.study import StudyStatus, study_status
-from hpo.studyfile import StudySpec
+from hpo.studyfile import StudySpec, check_size_budget
 from hpo.worker import WorkerOptions, begin_run, run_worker
 
 RAY_EXTRA_HINT = "pip install -e '.[ray]'"
@@ -54,6 +54,7 @@ class RayOptions:
 
 def start_study_on_ray(spec: StudySpec, opts: WorkerOptions, ray_opts: RayOptions) -> StudyStatus:
     """`hpo study start --ray`: create or resume the study, then run its workers on the Ray cluster."""
+    check_size_budget(spec)  # before Ray starts: a refused file costs no cluster
     ray = _connect(ray_opts.address)
     try:
         begin_run(spec)

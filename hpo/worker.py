@@ -77,6 +77,7 @@ def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> Study
     """Create or resume the study, run `opts.workers` local workers until the budget is spent, summarise."""
     if opts.workers < 1 or (opts.threads is not None and opts.threads < 1):
         raise HPOError(f"--workers and --threads must be >= 1, got {opts.workers} and {opts.threads}")
+    check_size_budget(spec)
     _check_inputs(opts)
     begin_run(spec)
     _run_slots(spec, opts, seeded=True)
@@ -85,7 +86,6 @@ def start_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> Study
 
 def begin_run(spec: StudySpec) -> RunBudget:
     """Create or resume the study and store this run's budget, which every worker then obeys."""
-    check_size_budget(spec)
     optuna.logging.set_verbosity(logging.WARNING)  # "A new study created ..." is noise next to our lines
     study = create_or_resume(spec, open_storage(spec.storage))
     now = time.time()

@@ -119,7 +119,8 @@ def test_max_params_below_every_model_of_the_space_is_refused_up_front(tmp_path,
     path = write_study(tmp_path, "small", f"sqlite:///{tmp_path / 'small.db'}", study={"max_params": 1000})
     spec = load_study_file(path)
     low, _ = params_range(spec.space, spec.base)
-    for command in (["study", "check", str(path)], ["study", "start", str(path), "--data-dir", str(tiny_cifar)]):
+    start = ["study", "start", str(path), "--data-dir", str(tiny_cifar)]
+    for command in (["study", "check", str(path)], start, [*start, "--ray", "local"]):  # --ray: before Ray starts
         r = subprocess.run([HPO, *command], capture_output=True, text=True, cwd=tmp_path)
         assert (r.returncode, r.stdout) == (1, ""), command
         assert r.stderr == (f"error: study 'small': [study] max_params 1,000 is below the smallest model of [space] "
