@@ -23,3 +23,9 @@ class NonFiniteLossError(CifarNetError):
     def __init__(self, epoch: int, step: int, loss: float):
         super().__init__(f"non-finite training loss {loss} at epoch {epoch}, step {step}")
         self.epoch, self.step, self.loss = epoch, step, loss
+
+
+class OutputError(OSError):
+    """A file or folder the user named (-o/--out, a run folder) cannot be written: a folder or a file in the way,
+    no permission, a full disk. An OSError, not a CifarNetError: a trial that cannot write its checkpoint stops
+    its worker (hpo.objective.TRIAL_ERRORS) rather than failing every trial after it; the CLI prints one line."""

@@ -9,7 +9,7 @@ from typing import Any
 
 from cifarnet.config import DataConfig, TrainConfig, to_toml
 from cifarnet.data import load_cifar10, make_splits
-from cifarnet.files import write_json_atomic, write_text_atomic
+from cifarnet.files import output_folder, write_json_atomic, write_text_atomic
 from cifarnet.hardware import describe_hardware, now_iso
 from cifarnet.model import model_stats
 from cifarnet.redact import hide_passwords
@@ -52,8 +52,7 @@ def train_to_dir(
     opts: RunOptions = RunOptions(), report: Report | None = None, command: str = "",
 ) -> tuple[TrainResult, dict[str, Any]]:
     """Load CIFAR-10, train, and keep `out/metrics.json` current after every epoch."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_folder(out)
     if opts.resume:
         check_resumable(Path(opts.checkpoint or out / "checkpoint.pt"), cfg)
     cifar = load_cifar10(data_dir, download=download)

@@ -1,8 +1,9 @@
 """The `hpo` command: one typer app per command module (hpo/commands/), joined here with add_typer.
 
 Each command parses its options, calls one library function and prints. Library code raises CifarNetError /
-HPOError; only `main()` turns them into one `error: ...` line and exit code 1. Command modules import torch,
-optuna and the library inside the command bodies, so `hpo --help` loads typer only.
+HPOError (or OutputError for a path it cannot write); only `main()` turns them into one `error: ...` line and
+exit code 1. Command modules import torch, optuna and the library inside the command bodies, so `hpo --help`
+loads typer only.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ TORCH_FREE = {("study", "status"), ("study", "best"), ("study", "list"), ("study
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: one clear line and a non-zero exit for every expected failure, Ctrl-C included."""
-    from cifarnet.errors import CifarNetError
+    from cifarnet.errors import CifarNetError, OutputError
 
     args = sys.argv[1:] if argv is None else list(argv)
     if args and not {"--help", "-h", "--version"} & set(args):
@@ -111,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, Interrupted) as e:
         print(str(e) if isinstance(e, Interrupted) else "error: interrupted", file=sys.stderr)
         code = getattr(e, "exit_code", INTERRUPTED_EXIT)
-    except CifarNetError as e:
+    except (CifarNetError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)
         code = 1
     except Exception as e:  # an unexpected bug: still one line, with a way to get the traceback

@@ -22,7 +22,7 @@ from cifarnet.augment import normalize
 from cifarnet.config import TrainConfig
 from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
 from cifarnet.model import build_model
-from cifarnet.files import write_json_atomic
+from cifarnet.files import output_file, write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
@@ -128,7 +128,7 @@ def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: P
     if fmt not in FORMATS:
         raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
     model, cfg, weights_path, trained = load_run_model(run_dir, weights)
-    out = Path(out) if out is not None else Path(run_dir) / FORMATS[fmt]
+    out = output_file(out if out is not None else Path(run_dir) / FORMATS[fmt])  # before the export's work
     images, source = check_batch(data_dir, batch)
     deploy = DeployModel(model, cfg.tta_flip, cfg.tta_shift).eval()
     # Written and checked under a temporary name, renamed only once the check passed: a failed or interrupted

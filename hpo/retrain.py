@@ -141,6 +141,8 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
     cfg = cfg.replace(epochs=options.max_epochs, seed=seed)
     out = Path(options.out or Path("runs/retrain") / study.study_name / f"trial{trial.number}").resolve()
+    if out.exists() and not out.is_dir():  # refused before a record of the retrain is written on the study
+        raise RetrainError(f"--out {out} is a file, not a run folder: choose another --out")
     if not options.resume and (out / "checkpoint.pt").exists():
         raise RetrainError(f"{out} already holds a retrain checkpoint: pass --resume to continue it, "
                            f"or choose another --out")

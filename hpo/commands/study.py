@@ -223,9 +223,10 @@ def summary_cmd(
 
     name, url = locate_study(name, storage)
     summary = summarize_study(url, name)
+    if out is not None:  # first: a path that cannot be written is the one line of output
+        write_json_atomic(summary, out)
     echo_record(summary, format, format_summary(summary))
     if out is not None:
-        write_json_atomic(summary, out)
         typer.echo(f"wrote {out}", err=format == OutputFormat.json)
 
 

@@ -19,7 +19,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from cifarnet.config import TrainConfig, load_run_file
+from cifarnet.config import TrainConfig, load_run_file, to_toml
 from cifarnet.train import load_checkpoint
 from hpo.commands.retrain import describe_result
 from hpo.paths import resolve_artifact_dir
@@ -27,6 +27,7 @@ from hpo.retrain import RetrainError, RetrainOptions, prepare_retrain, retrain_b
 from hpo.retrains import retrain_records
 from hpo.studyfile import load_study_file
 from hpo.worker import WorkerOptions, start_study
+from tests.conftest import TINY_DATA, TINY_TRAIN
 
 HPO = str(Path(sys.executable).parent / "hpo")
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tests/conftest.py sets one torch thread; the CLI too
@@ -261,6 +262,56 @@ def test_cli_bad_input_is_one_clear_line(sqlite_study, tiny_cifar, tmp_path, ext
     assert r.stderr.strip() == r.stderr.strip().splitlines()[0]  # one line, no traceback
     assert r.stderr.startswith("error: ") and message.format(name=study.study_name) in r.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_every_output_that_cannot_be_written_is_one_clear_line(sqlite_study, tiny_cifar, tmp_path):
+    """-o naming a folder, a path under a file, a file where a run folder goes, a place nothing can be written
+    (/proc): one "error: ..." line naming the path asked for (not a temporary file), nothing on stdout, no
+    temporary file left, no retrain record on the study. Before, these were "error: unexpected ...Error"."""
+    study, url = sqlite_study
+    name, folder, a_file = study.study_name, tmp_path / "folder", tmp_path / "a.txt"
+    folder.mkdir()
+    a_file.write_text("not a folder")
+    data = ["--data-dir", str(tiny_cifar)]
+    cases = {
+        "report to a folder": (["report", name, "--storage", url, "-o", str(folder)],
+                               f"cannot write {folder}: it is a folder (name a file)"),
+        "report under a file": (["report", name, "--storage", url, "-o", str(a_file / "r.html")],
+                                f"cannot create folder {a_file}: a file of that name is in the way"),
+        "summary to a folder": (["study", "summary", name, "--storage", url, "-o", str(folder)],
+                                f"cannot write {folder}: it is a folder (name a file)"),
+        "summary into /proc": (["study", "summary", name, "--storage", url, "-o", "/proc/hpo-test.json"],
+                               "cannot write /proc/hpo-test.json: No such file or directory"),
+        "train into a file": (["train", "--epochs", "1", "-o", str(a_file), *data],
+                              f"cannot create folder {a_file}: a file of that name is in the way"),
+        "retrain into a file": (["retrain", name, "--storage", url, "-o", str(a_file), *data],
+                                f"--out {a_file} is a file, not a run folder: choose another --out"),
+        "export to a folder": (["export", str(tmp_path / "run"), "--format", "onnx", "-o", str(folder), *data],
+                               f"cannot write {folder}: it is a folder (name a file)"),
+    }
+    driver = (  # one process for every case: torch is imported once
+        "import contextlib, io, json, sys\nfrom hpo.cli import main\nout = {}\n"
+        "for case, args in json.loads(sys.argv[1]).items():\n"
+        "    err, std = io.StringIO(), io.StringIO()\n"
+        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):\n"
+        "        try:\n            main(args); code = 0\n"
+        "        except SystemExit as e:\n            code = e.code\n"
+        "    out[case] = [code, std.getvalue(), err.getvalue()]\n"
+        "print(json.dumps(out))\n")
+    run_toml = tmp_path / "tiny-run.toml"
+    run_toml.write_text(to_toml(TINY_TRAIN, TINY_DATA))
+    made = subprocess.run([HPO, "train", "--config", str(run_toml), "--epochs", "1", "-o", str(tmp_path / "run"),
+                           *data], capture_output=True, text=True, timeout=120, env=ENV)  # the folder export reads
+    assert made.returncode == 0, made.stderr
+    attrs = optuna.load_study(study_name=name, storage=url).user_attrs
+    r = subprocess.run([sys.executable, "-c", driver, json.dumps({c: a for c, (a, _) in cases.items()})],
+                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env=ENV)
+    assert r.returncode == 0, r.stderr
+    for case, (code, stdout, stderr) in json.loads(r.stdout).items():
+        assert (code, stdout, stderr) == (1, "", f"error: {cases[case][1]}\n"), case
+    assert not list(tmp_path.rglob(".*.tmp")) and sorted(p.name for p in folder.iterdir()) == []
+    assert a_file.read_text() == "not a folder"
+    assert optuna.load_study(study_name=name, storage=url).user_attrs == attrs  # no retrain record added
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated"])
