@@ -12,15 +12,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.hardware import now_iso
 from hpo.storage import display_url
-from hpo.study import best_completed, best_record, count_states, load_study, seed_baseline
-from hpo.studyfile import spec_from_dict
+from hpo.study import best_completed, best_record, count_states, load_spec, load_study, seed_baseline
 
 
 def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
     study = load_study(storage_url, name)
     all_trials = study.get_trials(deepcopy=False)
     trials = [t for t in all_trials if t.state.is_finished()]
-    spec = spec_from_dict(study.user_attrs["study_file"])
+    spec = load_spec(study)  # a study of plain optuna in the same database has none: one clear line
     epochs_budget = spec.base.epochs
     trained = [t for t in trials if t.user_attrs.get("curve")]
     rejected = [t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get("curve")]

@@ -40,3 +40,14 @@ def test_summary_of_unknown_study_is_one_line(tmp_path):
                        text=True)
     assert r.returncode == 1 and r.stderr.startswith("error: no study database at") and "Traceback" not in r.stderr
     assert not db.exists()  # a read-only command never creates a database for a mistyped path
+
+
+def test_summary_of_a_study_hpo_did_not_create_is_one_line(tmp_path):
+    """A database may hold studies of plain optuna too (the dashboard shows them): no budget to count against."""
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="plain", storage=url).optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    r = subprocess.run(["hpo", "study", "summary", "plain", "--storage", url], capture_output=True, text=True)
+    assert (r.returncode, r.stdout) == (1, "")
+    assert r.stderr == "error: study 'plain' has no study file: it was not created by hpo\n"
