@@ -252,18 +252,20 @@ def study_status(storage_url: str, name: str) -> StudyStatus:
     trials = study.get_trials(deepcopy=False)
     best = best_completed(trials)
     attrs = study.user_attrs
-    failures = [(t.number, fail_reason(t)) for t in trials
+    failures = [(t.number, fail_reason(t, by_hpo="study_file" in attrs)) for t in trials
                 if t.state == TrialState.FAIL or "fail_reason" in t.user_attrs]
     return StudyStatus(name, display_url(storage_url), count_states(trials), best and best_record(study, best),
                        attrs.get("target_accuracy"), bool(attrs.get("stop_requested")),
                        attrs.get("stop_reason", "") if attrs.get("stop_requested") else "", failures)
 
 
-def fail_reason(trial: FrozenTrial) -> str:
+def fail_reason(trial: FrozenTrial, by_hpo: bool = True) -> str:
+    """Why a trial failed or was rejected. hpo's objective records a reason for every failure it sees, so in a
+    study hpo runs a FAIL without one is a worker that died mid-trial; a study of plain optuna records none."""
     if "fail_reason" in trial.user_attrs:
         return trial.user_attrs["fail_reason"]
-    if trial.state == TrialState.FAIL:  # no reason recorded: the worker died mid-trial (heartbeat went stale)
-        return "worker lost (no heartbeat); re-queued when retries were left"
+    if trial.state == TrialState.FAIL:
+        return "worker lost (no heartbeat); re-queued when retries were left" if by_hpo else "no reason recorded"
     return ""
 
 

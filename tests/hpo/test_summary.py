@@ -51,3 +51,13 @@ def test_summary_of_a_study_hpo_did_not_create_is_one_line(tmp_path):
     r = subprocess.run(["hpo", "study", "summary", "plain", "--storage", url], capture_output=True, text=True)
     assert (r.returncode, r.stdout) == (1, "")
     assert r.stderr == "error: study 'plain' has no study file: it was not created by hpo\n"
+
+
+def test_status_of_a_study_hpo_did_not_create_does_not_invent_a_dead_worker(tmp_path):
+    import optuna
+
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    optuna.create_study(study_name="plain", storage=url).optimize(lambda t: float("nan"), n_trials=1)
+    r = subprocess.run(["hpo", "study", "status", "plain", "--storage", url], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "trial 0: no reason recorded" in r.stdout and "worker lost" not in r.stdout
