@@ -125,9 +125,9 @@ def model_stats(cfg: ModelConfig = ModelConfig()) -> ModelStats:
     return ModelStats(count_params(model), sum(r.macs for r in rows), rf, tuple(rows))
 
 
-def format_summary(cfg: ModelConfig = ModelConfig()) -> str:
-    """The layer table printed by `hpo model summary`."""
-    stats = model_stats(cfg)
+def format_summary(cfg: ModelConfig = ModelConfig(), stats: ModelStats | None = None) -> str:
+    """The layer table printed by `hpo model summary` (`stats`: model_stats(cfg), if already measured)."""
+    stats = stats or model_stats(cfg)
     bn_params = stats.params - sum(r.params for r in stats.layers)
     lines = [f"{'layer':<22}{'type':<10}{'output':<16}{'params':>10}{'MACs':>13}"]
     for r in stats.layers:

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from hpo.commands.options import FormatOpt, OutputFormat, echo_record
+
 model_app = typer.Typer(no_args_is_help=True, help="Inspect CifarNet family members.")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option(
@@ -16,10 +18,14 @@ ConfigOpt = Annotated[Optional[Path], typer.Option(
 
 
 @model_app.command("summary")
-def model_summary(config: ConfigOpt = None) -> None:
+def model_summary(config: ConfigOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Print the layer table, parameters, MACs per image and receptive field."""
-    from cifarnet.config import TrainConfig, load_run_file
-    from cifarnet.model import format_summary
+    import dataclasses
 
-    cfg = load_run_file(config)[0] if config else TrainConfig()
-    typer.echo(format_summary(cfg.model))
+    from cifarnet.config import TrainConfig, load_run_file
+    from cifarnet.model import format_summary, model_stats
+
+    model = (load_run_file(config)[0] if config else TrainConfig()).model
+    stats = model_stats(model)
+    record = {"model": dataclasses.asdict(model), **dataclasses.asdict(stats)}
+    echo_record(record, format, format_summary(model, stats))

@@ -1,3 +1,4 @@
+import json
 import os
 import pickle
 import subprocess
@@ -98,6 +99,11 @@ def test_cli_data_check(tiny_cifar, tmp_path):
     r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tiny_cifar)], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "train: 200 images, per class [20, 20, 20, 20, 20, 20, 20, 20, 20, 20]" in r.stdout
+    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tiny_cifar), "-f", "json"], capture_output=True,
+                       text=True)
+    assert r.returncode == 0 and json.loads(r.stdout) == {
+        "folder": str(tiny_cifar / "cifar-10-batches-py"), "train": {"images": 200, "per_class": [20] * 10},
+        "test": {"images": 60, "per_class": [6] * 10}}
     r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tmp_path)], capture_output=True, text=True)
     assert r.returncode == 1 and "is missing data_batch_1" in r.stderr and "Traceback" not in r.stderr
 

@@ -1,3 +1,4 @@
+import json
 import subprocess
 
 import pytest
@@ -66,6 +67,12 @@ def test_cli_model_summary_prints_parameter_count(tmp_path):
     out = subprocess.run(["hpo", "model", "summary", "--config", str(cfg)], capture_output=True, text=True,
                          check=True).stdout
     assert f"parameters: {model_stats(ModelConfig(widths=(8, 16, 32, 64))).params:,}" in out
+    record = json.loads(subprocess.run(["hpo", "model", "summary", "--config", str(cfg), "-f", "json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    stats = model_stats(ModelConfig(widths=(8, 16, 32, 64)))
+    assert record["model"]["widths"] == [8, 16, 32, 64] and record["params"] == stats.params
+    assert (record["macs"], record["receptive_field"]) == (stats.macs, stats.receptive_field)
+    assert [row["name"] for row in record["layers"]] == [row.name for row in stats.layers]
 
 
 def test_cli_model_summary_bad_config_is_one_line(tmp_path):
