@@ -188,6 +188,13 @@ def _driver_words(error: BaseException) -> str:
     return first_line(error.orig if isinstance(error, DBAPIError) else error.__cause__ or error)
 
 
+def database_failure(error: BaseException) -> str | None:
+    """What the database driver said, when a database call failed somewhere down `error`'s chain (optuna
+    wraps it in StorageInternalError "... invalid data in the commit ...", or hides it behind an AssertionError
+    "Should not reach." when the failed write was a trial's result); None for anything else."""
+    return next((first_line(e.orig) for e in _chain(error) if isinstance(e, DBAPIError)), None)
+
+
 def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseException]:
     """The error and what caused it: optuna wraps SQLAlchemy's errors, so the cause can be a few links down."""
     while error is not None and depth:

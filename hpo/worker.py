@@ -33,7 +33,7 @@ from hpo.launcher import check_device, run_processes
 from hpo.notes import annotate_trial
 from hpo.objective import TRIAL_ERRORS, Objective
 from hpo.paths import study_artifact_dir
-from hpo.storage import RECONNECT_WINDOW_S, display_url, heartbeat_enabled, interrupt_received, \
+from hpo.storage import RECONNECT_WINDOW_S, database_failure, display_url, heartbeat_enabled, interrupt_received, \
     interrupts_between_storage_calls, is_connection_lost, is_transient, open_existing_storage, open_storage
 from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
                        check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
@@ -155,11 +155,18 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
             run_trials(study, storage, runner, guard,
                        [runner.told, Progress(budget, opts.out or sys.stdout), guard], spec.workers.heartbeat_interval)
         except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
-            if not is_connection_lost(e):
-                raise
-            raise StorageError(f"lost the database {display_url(spec.storage)} for more than {RECONNECT_WINDOW_S} "
-                               f"s; this worker stops (its running trial is failed and re-run by the next worker "
-                               f"on the study)") from None
+            if is_connection_lost(e):
+                raise StorageError(f"lost the database {display_url(spec.storage)} for more than "
+                                   f"{RECONNECT_WINDOW_S} s; this worker stops (its running trial is failed and "
+                                   f"re-run by the next worker on the study)") from None
+            # A write the database refused for good (disk full, I/O error, read-only): optuna's words would be
+            # "invalid data in the commit" or "Should not reach." (tests/hpo/test_worker_loop.py::
+            # test_a_database_that_cannot_grow_stops_the_worker_with_the_drivers_words_and_loses_nothing).
+            if (words := database_failure(e)) is not None:
+                raise StorageError(f"the database {display_url(spec.storage)} failed: {words}; this worker stops "
+                                   f"(fix the database, e.g. free disk space, then run the same command: a trial "
+                                   f"left running is re-run)") from None
+            raise
     return runner.ran
 
 
@@ -200,7 +207,7 @@ class TrialRunner:
             annotate_trial(trial, state, value, FileSystemArtifactStore(str(self.artifact_dir)))
         except Exception as e:
             _log.warning("warning: trial %d has no dashboard note: %s: %s", trial.number, type(e).__name__,
-                         first_line(e))
+                         database_failure(e) or first_line(e))
 
 
 def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner: TrialRunner, guard: "BudgetGuard",

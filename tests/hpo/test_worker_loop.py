@@ -211,3 +211,35 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, tiny_cifar, study_na
     assert len(failed) == 2 and all(t.user_attrs["fail_reason"] == "interrupted" for t in failed), \
         [(t.number, t.state.name) for t in trials]
     assert check_consistency(storage_for(url), study_name) == []
+
+
+def _file_size_limit(limit: int) -> None:
+    """In the child: files may not grow past `limit` bytes, and a write past it fails (EFBIG) instead of
+    killing the process (SIGXFSZ): to SQLite, a disk that is full."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_database_that_cannot_grow_stops_the_worker_with_the_drivers_words_and_loses_nothing(
+        tmp_path, tiny_cifar, study_name):
+    """Before: 'error: unexpected AssertionError: Should not reach.' (optuna's tell, whose write failed) or
+    'unexpected StorageInternalError: ... invalid data in the commit ...'."""
+    db = tmp_path / "study.db"
+    path = write_study(tmp_path, study_name, f"sqlite:///{db}", study={"trials": 30})
+    args = [HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1"]
+    full = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          preexec_fn=functools.partial(_file_size_limit, 300_000))
+    assert full.returncode == 1, full.stderr
+    last = full.stderr.splitlines()[-1]
+    assert last.startswith(f"error: the database sqlite:///{db} failed: ") and last.endswith(
+        "; this worker stops (fix the database, e.g. free disk space, then run the same command: a trial left "
+        "running is re-run)"), full.stderr
+    assert not any(words in full.stderr for words in ("unexpected", "Should not reach", "invalid data")), full.stderr
+    before = {t.number: t.values for t in trials_of(f"sqlite:///{db}", study_name) if t.state.is_finished()}
+    again = subprocess.run([*args, "--n-trials", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    after = trials_of(f"sqlite:///{db}", study_name)
+    assert {t.number: t.values for t in after if t.number in before} == before  # what was recorded stays
+    assert len(after) > len(before)
