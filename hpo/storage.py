@@ -192,7 +192,7 @@ def database_failure(error: BaseException) -> str | None:
     """What the database driver said, when a database call failed somewhere down `error`'s chain (optuna
     wraps it in StorageInternalError "... invalid data in the commit ...", or hides it behind an AssertionError
     "Should not reach." when the failed write was a trial's result); None for anything else."""
-    return next((first_line(e.orig) for e in _chain(error) if isinstance(e, DBAPIError)), None)
+    return next((_driver_words(e) for e in _chain(error) if isinstance(e, DBAPIError)), None)
 
 
 def _chain(error: BaseException | None, depth: int = 6) -> Iterator[BaseException]:
