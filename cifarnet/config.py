@@ -20,6 +20,12 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "cosine", "linear")
 AUG_BACKENDS = ("torch", "albumentations")
 DEVICES = ("auto", "cpu", "cuda")
+# How a stage halves the map: "conv1x1" = 3x3 stride-2 conv then a 1x1 conv (the original), "conv" = the
+# stride-2 conv alone, "maxpool" = 2x2 max pooling after the stage's last conv, "dilated" = an unpadded 3x3 conv
+# dilated by a quarter of the map side (32 -> 16 with dilation 8), the original author's no-stride option.
+DOWNSAMPLES = ("conv1x1", "conv", "maxpool", "dilated")
+ACTIVATIONS = ("relu", "gelu")
+NORM_ORDERS = ("act_bn", "bn_act")  # the original: conv -> ReLU -> BatchNorm
 # Upper bounds that keep a config inside what one run can use: MAX_WIDTH is 4x the original's widest block (128);
 # all four at 512 is a 27M-parameter model with 0.5 GB activations per layer at batch 256. Seeds are 32-bit.
 MAX_WIDTH = 512
@@ -34,17 +40,46 @@ class ModelConfig:
     widths: tuple[int, int, int, int] = (16, 32, 64, 128)
     # Dilation of the 3x3 conv in block 3b; padding = dilation keeps the 8x8 map ("same").
     dilation: int = 2
-    # The original adds block 3b's output to its input (x = x + 3b(x)).
+    # The original adds block 3b's output to its input (x = x + 3b(x)): the residual around the dilated block.
     residual: bool = True
-    # Depthwise-separable convs where the original uses them (2a, 3a, 4a, 4b); False = plain 3x3 convs.
-    depthwise: bool = True
+    # Residuals around the other blocks whose input and output shapes agree (1b and 2b).
+    residual_all: bool = False
+    # Per stage 2, 3, 4: depthwise-separable convs where the original uses them (2a, 3a, 4a + 4b) or plain 3x3
+    # convs. One value sets all three.
+    depthwise: tuple[bool, bool, bool] = (True, True, True)
+    # Per downsampling step (after stages 1, 2, 3): one of DOWNSAMPLES. One value sets all three.
+    downsample: tuple[str, str, str] = ("conv1x1", "conv1x1", "conv1x1")
+    # Non-linearity of every block: "relu" (the original) or "gelu".
+    activation: str = "relu"
+    # Order after each conv: "act_bn" (the original: ReLU, then BatchNorm) or "bn_act".
+    norm_order: str = "act_bn"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        for name, stages in (("depthwise", 3), ("downsample", 3)):
+            value = getattr(self, name)
+            object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else (value,) * stages)
         if len(self.widths) != 4 or any(not 1 <= w <= MAX_WIDTH for w in self.widths):
             raise ConfigError(f"model.widths must be 4 integers in 1..{MAX_WIDTH}, got {list(self.widths)}")
         if not 1 <= self.dilation <= 4:
             raise ConfigError(f"model.dilation must be in 1..4, got {self.dilation}")
+        if len(self.depthwise) != 3 or any(not isinstance(d, bool) for d in self.depthwise):
+            raise ConfigError(f"model.depthwise must be true/false or 3 of them (stages 2-4), got {self.depthwise}")
+        if len(self.downsample) != 3 or any(d not in DOWNSAMPLES for d in self.downsample):
+            raise ConfigError(f"model.downsample must be one of {', '.join(DOWNSAMPLES)} or 3 of them, "
+                              f"got {list(self.downsample)}")
+        _check_choice("model.activation", self.activation, ACTIVATIONS)
+        _check_choice("model.norm_order", self.norm_order, NORM_ORDERS)
+
+    def describe(self) -> str:
+        """One line naming the member's switches (the layer table's footer, trial notes)."""
+        dw = {(True,) * 3: "depthwise", (False,) * 3: "plain"}.get(self.depthwise) or "depthwise(stages 2-4) " + (
+            "/".join("y" if d else "n" for d in self.depthwise))
+        down = self.downsample[0] if len(set(self.downsample)) == 1 else "/".join(self.downsample)
+        residual = {(True, False): "3b", (True, True): "1b,2b,3b", (False, True): "1b,2b", (False, False): "none"}[
+            (self.residual, self.residual_all)]
+        return (f"widths {list(self.widths)}, dilation {self.dilation}, residual {residual}, {dw} convs, "
+                f"downsample {down}, {self.activation}, {self.norm_order}")
 
 
 @dataclass(frozen=True)
@@ -75,13 +110,22 @@ class TrainConfig:
     flip_p: float | None = None
     # "torch" = batched augmentation on the training device; "albumentations" = per-image, DataLoader workers.
     aug_backend: str = "torch"
+    # Mirror exactly half the images each epoch, each image in every other epoch (a seeded half in even epochs,
+    # the other half in odd ones: airbench's derandomised flip) instead of drawing each mirror with flip_p.
+    alternate_flip: bool = False
+    # Initialise the first conv as a patch-PCA whitening of the training images (3x3 patches; filters in +-
+    # pairs, scaled by 1/sqrt(eigenvalue)) and freeze its weights, as airbench / hlb-CIFAR10 do.
+    whiten: bool = False
+    # Learning-rate multiplier for BatchNorm and bias parameters (they never get weight decay).
+    norm_lr_scale: float = 1.0
     # Decay of an exponential moving average of the weights used for evaluation; 0 = off.
     ema_decay: float = 0.0
     # Evaluate on the image and its mirror and average (test-time augmentation).
     tta_flip: bool = False
     # ... and on copies shifted by +-tta_shift pixels diagonally (reflect border); 0 = off. 1 is the usual choice.
     tta_shift: int = 0
-    # bf16 autocast for forward/backward (CUDA, and CPUs with native bf16).
+    # bf16 autocast for forward/backward where the device computes bf16 natively (CUDA; CPUs with AVX512-BF16 or
+    # AMX); fp32 elsewhere, where emulated bf16 is ~10x slower. Runs record the precision they used.
     bf16: bool = False
     # NHWC memory layout, faster for convs on both oneDNN (CPU) and cuDNN.
     channels_last: bool = True
@@ -99,6 +143,7 @@ class TrainConfig:
             "batch_size": 1 <= self.batch_size <= MAX_BATCH_SIZE,
             "seed": 0 <= self.seed < SEED_LIMIT,
             "lr": math.isfinite(self.lr) and self.lr > 0,
+            "norm_lr_scale": math.isfinite(self.norm_lr_scale) and 0 < self.norm_lr_scale <= 1000,
             "momentum": 0 <= self.momentum < 1,
             "weight_decay": 0 <= self.weight_decay < 1,
             "warmup_frac": 0 <= self.warmup_frac < 1,
@@ -111,13 +156,15 @@ class TrainConfig:
         for name, ok in checks.items():
             if not ok:
                 raise ConfigError(f"{name} out of range: {getattr(self, name)!r}")
+        if self.alternate_flip and self.aug_backend != "torch":
+            raise ConfigError("alternate_flip needs aug_backend = \"torch\" (the albumentations backend draws flips per image)")
 
     def replace(self, **changes: Any) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["model"]["widths"] = list(self.model.widths)
+        d["model"] = {k: list(v) if isinstance(v, tuple) else v for k, v in d["model"].items()}
         return d
 
     @classmethod
@@ -180,8 +227,11 @@ def _has_type(value: Any, expected: Any) -> bool:
         return isinstance(value, (int, float))
     if expected is str:
         return isinstance(value, str)
-    if typing.get_origin(expected) is tuple:  # widths: a list of ints
-        return isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    if typing.get_origin(expected) is tuple:  # a list of one type; bool and str per-stage fields take one value too
+        item = typing.get_args(expected)[0]
+        if isinstance(value, (list, tuple)):
+            return all(_has_type(v, item) for v in value)
+        return item in (bool, str) and _has_type(value, item)
     args = typing.get_args(expected)  # X | None
     return value is None or any(_has_type(value, a) for a in args if a is not type(None))
 
@@ -189,7 +239,8 @@ def _has_type(value: Any, expected: Any) -> bool:
 def _type_text(expected: Any) -> str:
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     if typing.get_origin(expected) is tuple:
-        return "a list of integers"
+        item = typing.get_args(expected)[0]
+        return "a list of integers" if item is int else f"{names[item]}, or a list of them"
     return names.get(expected) or " or ".join(names[a] for a in typing.get_args(expected) if a in names)
 
 

@@ -19,6 +19,9 @@ import optuna_dashboard
 from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
+from cifarnet.config import TrainConfig
+from cifarnet.errors import ConfigError
+
 CURVE_CSV = "curve.csv"
 
 
@@ -107,16 +110,18 @@ def _facts(trial: FrozenTrial) -> dict[str, str]:
 
 
 def _config_summary(cfg: dict[str, Any], data: dict[str, Any] | None) -> str:
-    m = cfg.get("model", {})
-    model = (f"widths {m.get('widths')}, dilation {m.get('dilation')}, "
-             f"{'residual' if m.get('residual') else 'no residual'}, "
-             f"{'depthwise-separable' if m.get('depthwise') else 'plain'} convs")
+    try:
+        model = TrainConfig.from_dict(cfg).model.describe()
+    except (ConfigError, TypeError):  # a config this version cannot read: show it raw
+        model = str(cfg.get("model"))
     recipe = (f"{cfg.get('optimizer')} lr {_fmt(cfg.get('lr'))} momentum {_fmt(cfg.get('momentum'))} "
               f"wd {_fmt(cfg.get('weight_decay'))}, {cfg.get('schedule')} (warm-up {_fmt(cfg.get('warmup_frac'))}), "
               f"batch {cfg.get('batch_size')}, {cfg.get('epochs')} epochs")
     flip = "" if cfg.get("flip_p") is None else f", flip p {_fmt(cfg.get('flip_p'))}"
     extras = (f"aug {_fmt(cfg.get('aug_strength'))} ({cfg.get('aug_backend')}){flip}, label smoothing "
-              f"{_fmt(cfg.get('label_smoothing'))}, EMA {_fmt(cfg.get('ema_decay'))}, TTA flip {cfg.get('tta_flip')} shift {cfg.get('tta_shift', 0)}, "
+              f"{_fmt(cfg.get('label_smoothing'))}, EMA {_fmt(cfg.get('ema_decay'))}, TTA flip {cfg.get('tta_flip')} "
+              f"shift {cfg.get('tta_shift', 0)}, alternate flip {cfg.get('alternate_flip', False)}, whiten "
+              f"{cfg.get('whiten', False)}, norm lr x{_fmt(cfg.get('norm_lr_scale', 1.0))}, "
               f"bf16 {cfg.get('bf16')}, seed {cfg.get('seed')}")
     lines = [f"- model: {model}", f"- recipe: {recipe}", f"- extras: {extras}"]
     if data:

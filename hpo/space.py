@@ -42,19 +42,28 @@ class Choice:
 
 Dist = Union[FloatRange, IntRange, Choice]
 
-# Searchable parameters -> what kind of value they take. widthN are the four block widths of the model.
+# Searchable parameters -> what kind of value they take. widthN are the four block widths of the model;
+# depthwise / downsample set every stage, depthwiseN (stages 2-4) / downsampleN (after stages 1-3) one stage.
 PARAM_KINDS: dict[str, type] = {
     "lr": float, "weight_decay": float, "momentum": float, "label_smoothing": float, "aug_strength": float,
-    "ema_decay": float, "warmup_frac": float, "flip_p": float,
+    "ema_decay": float, "warmup_frac": float, "flip_p": float, "norm_lr_scale": float,
     "width1": int, "width2": int, "width3": int, "width4": int, "dilation": int, "batch_size": int,
-    "optimizer": str, "schedule": str, "residual": bool, "depthwise": bool, "tta_flip": bool,
-    "tta_shift": int,
+    "optimizer": str, "schedule": str, "residual": bool, "residual_all": bool, "tta_flip": bool,
+    "tta_shift": int, "alternate_flip": bool, "whiten": bool, "activation": str, "norm_order": str,
+    "depthwise": bool, "depthwise2": bool, "depthwise3": bool, "depthwise4": bool,
+    "downsample": str, "downsample1": str, "downsample2": str, "downsample3": str,
 }
-MODEL_PARAMS = ("width1", "width2", "width3", "width4", "dilation", "residual", "depthwise")
+STAGE_PARAMS = {"depthwise": ("depthwise2", "depthwise3", "depthwise4"),
+                "downsample": ("downsample1", "downsample2", "downsample3")}
+MODEL_PARAMS = ("width1", "width2", "width3", "width4", "dilation", "residual", "residual_all", "activation",
+                "norm_order", *STAGE_PARAMS, *(p for stages in STAGE_PARAMS.values() for p in stages))
 # The original CifarNet, enqueued as trial 0 of every study (lr and the rest come from the study's [train]).
+_ORIGINAL = ModelConfig()
 ORIGINAL_PARAMS: dict[str, Any] = {
-    "width1": 16, "width2": 32, "width3": 64, "width4": 128, "dilation": 2, "residual": True, "depthwise": True,
-    "aug_strength": 0.5,
+    "width1": 16, "width2": 32, "width3": 64, "width4": 128, "dilation": 2, "residual": True,
+    "residual_all": False, "activation": "relu", "norm_order": "act_bn", "aug_strength": 0.5,
+    "depthwise": True, **dict(zip(STAGE_PARAMS["depthwise"], _ORIGINAL.depthwise)),
+    "downsample": "conv1x1", **dict(zip(STAGE_PARAMS["downsample"], _ORIGINAL.downsample)),
 }
 
 
@@ -70,6 +79,10 @@ def parse_space(raw: dict[str, Any], where: str = "space") -> SearchSpace:
         if name not in PARAM_KINDS:
             raise StudyFileError(f"[{where}] unknown parameter {name!r} (known: {', '.join(sorted(PARAM_KINDS))})")
         params[name] = _parse_dist(f"{where}.{name}", spec, PARAM_KINDS[name])
+    for every, stages in STAGE_PARAMS.items():
+        both = [s for s in stages if s in params]
+        if every in params and both:
+            raise StudyFileError(f"[{where}] {every} sets every stage and {both[0]} one of them: search one or the other")
     return SearchSpace(params)
 
 
@@ -129,43 +142,48 @@ def suggest_config(space: SearchSpace, trial: optuna.trial.BaseTrial, base: Trai
 
 def apply_params(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     m = base.model
-    widths = [values.get(f"width{i + 1}", w) for i, w in enumerate(m.widths)]
-    model = ModelConfig(
-        widths=tuple(widths), dilation=values.get("dilation", m.dilation),
-        residual=values.get("residual", m.residual), depthwise=values.get("depthwise", m.depthwise),
-    )
+    model_values: dict[str, Any] = {"widths": tuple(values.get(f"width{i + 1}", w) for i, w in enumerate(m.widths))}
+    for every, stages in STAGE_PARAMS.items():
+        per_stage = [values.get(every, v) for v in getattr(m, every)]
+        model_values[every] = tuple(values.get(stage, v) for stage, v in zip(stages, per_stage))
+    for name in ("dilation", "residual", "residual_all", "activation", "norm_order"):
+        model_values[name] = values.get(name, getattr(m, name))
     train_values = {k: v for k, v in values.items() if k not in MODEL_PARAMS}
     try:
-        return dataclasses.replace(base, model=model, **train_values)
+        return dataclasses.replace(base, model=dataclasses.replace(m, **model_values), **train_values)
     except ConfigError as e:
         raise ConfigError(f"searched values give an invalid config: {e}") from None
 
 
 def seed_params(space: SearchSpace, base: TrainConfig) -> dict[str, Any]:
     """Trial 0's parameters: the original network with the study's base recipe for everything else."""
-    base_values = {**dataclasses.asdict(base), **{f"width{i + 1}": w for i, w in enumerate(base.model.widths)},
-                   "dilation": base.model.dilation, "residual": base.model.residual,
-                   "depthwise": base.model.depthwise}
+    base_values = dataclasses.asdict(base)
     return {name: ORIGINAL_PARAMS.get(name, base_values.get(name)) for name in space.params}
 
 
 def params_range(space: SearchSpace, base: TrainConfig) -> tuple[int, int]:
-    """The fewest and the most parameters a model of `space` has: every combination of the searched switches
-    (dilation, residual, depthwise) at the narrowest and at the widest widths (parameters grow with each width)."""
-    from cifarnet.model import build_model, count_params  # torch: only the commands that build models load it
+    """The fewest and the most parameters a model of `space` has: every distinct combination of the searched
+    switches that change the parameter count (depthwise, downsample, per stage or all at once) at the narrowest
+    and at the widest widths (parameters grow with each width). Models are built on the meta device: no memory."""
+    import torch  # only the commands that build models load torch
+
+    from cifarnet.model import build_model, count_params
 
     def values(name: str) -> list[Any]:
         dist = space.params.get(name)
         if isinstance(dist, Choice):
-            return list(dist.choices)
+            return list(dict.fromkeys(dist.choices))  # repeated choices add nothing to enumerate
         if isinstance(dist, IntRange):  # optuna's suggest_int never goes past the last step below `high`
-            return list(range(dist.low, dist.high + 1, 1 if dist.log else dist.step))
-        return [getattr(base.model, name)]
+            return [dist.low, dist.low + (dist.high - dist.low) // (1 if dist.log else dist.step) * (
+                1 if dist.log else dist.step)]
+        return [None]
 
-    widths = [values(f"width{i + 1}") if f"width{i + 1}" in space.params else [w]
-              for i, w in enumerate(base.model.widths)]
-    switches = ["dilation", "residual", "depthwise"]
-    sizes = [count_params(build_model(apply_params(base, {**dict(zip(switches, combo)), **{
-        f"width{i + 1}": pick(w) for i, w in enumerate(widths)}}).model))
-        for pick in (min, max) for combo in itertools.product(*map(values, switches))]
+    switches = [name for name in PARAM_KINDS if name.startswith(("depthwise", "downsample")) and name in space.params]
+    extremes = [(pick(v for v in values(f"width{i + 1}") if v is not None) if f"width{i + 1}" in space.params
+                 else w) for pick in (min, max) for i, w in enumerate(base.model.widths)]
+    configs = {apply_params(base, {**{k: v for k, v in zip(switches, combo)},
+                                   **{f"width{i + 1}": w for i, w in enumerate(widths)}}).model
+               for widths in (extremes[:4], extremes[4:]) for combo in itertools.product(*map(values, switches))}
+    with torch.device("meta"):
+        sizes = [count_params(build_model(cfg)) for cfg in configs]
     return min(sizes), max(sizes)
