@@ -132,13 +132,16 @@ class TorchAugment:
         return self._affine_and_cutout(x, gen)
 
     def from_uint8(
-        self, images: torch.Tensor, gen: torch.Generator, device: torch.device, channels_last: bool = True
+        self, images: torch.Tensor, gen: torch.Generator, device: torch.device, channels_last: bool = True,
+        flip: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """uint8 (B, H, W, C) images -> augmented, normalised float32 (B, C, H, W) on `device`."""
+        """uint8 (B, H, W, C) images -> augmented, normalised float32 (B, C, H, W) on `device`. `flip` (B,) bool
+        mirrors exactly those images instead of drawing each mirror with the flip probability."""
         images = images.to(device, non_blocking=True)
-        if self.params.flip_p:
+        if flip is None and self.params.flip_p:
             flip = self._chosen(self.params.flip_p, images.shape[0], gen, images.device)
-            images = torch.where(flip.view(-1, 1, 1, 1), images.flip(2), images)
+        if flip is not None:
+            images = torch.where(flip.to(images.device).view(-1, 1, 1, 1), images.flip(2), images)
         x = normalize(images, device, channels_last)
         return x if self.params.is_identity else self._affine_and_cutout(x, gen)
 

@@ -83,6 +83,7 @@ def train_to_dir(
     result = train(cfg, splits, on_epoch, opts)
     record["epochs"] = result.history  # includes epochs restored from a checkpoint
     record["hardware"] = describe_hardware(result.extra["device"])
+    record["precision"] = result.extra["precision"]
     record["wall_time_s"] = time.perf_counter() - t0
     write_json_atomic(record, out / "metrics.json")
     return result, record

@@ -24,8 +24,9 @@ from cifarnet.config import TrainConfig
 from cifarnet.data import ImageSet, Splits
 from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cifarnet.files import write_atomic
+from cifarnet.hardware import native_bf16
 from cifarnet.fused import fuse_relu_batchnorm, keep_freed_memory
-from cifarnet.model import build_model
+from cifarnet.model import build_model, whiten_first_conv
 from cifarnet.tta import tta_logp
 
 Report = Callable[[int, dict[str, Any]], Any]
@@ -42,6 +43,9 @@ class RunOptions:
     loader_workers: int = 2  # DataLoader processes for the albumentations backend
     progress: bool | None = None  # per-epoch progress bar on stderr; None = only when stderr is a TTY
     eval_batch_size: int = 1024
+    # False: evaluate val/test after the last epoch only (benchmarks that need final figures; search trials and
+    # retrains report every epoch).
+    evaluate_every_epoch: bool = True
 
 
 @dataclass
@@ -63,6 +67,11 @@ def resolve_device(name: str) -> torch.device:
         raise ConfigError(f"unknown device {name!r} (use cpu, cuda, cuda:N or auto)") from None
 
 
+def precision(cfg: TrainConfig, device: torch.device | str) -> str:
+    """"bf16" where the config asks for it and the device computes it natively, else "fp32" (see native_bf16)."""
+    return "bf16" if cfg.bf16 and native_bf16(device) else "fp32"
+
+
 def lr_factor(cfg: TrainConfig, step: int, total: int) -> float:
     """Multiplier of the peak lr at optimizer step `step` of `total` (always reaches ~0 at the end)."""
     warm = max(1, round(cfg.warmup_frac * total)) if cfg.schedule != "linear" else 0
@@ -78,11 +87,14 @@ class _Trainer:
     def __init__(self, cfg: TrainConfig, splits: Splits, opts: RunOptions):
         self.cfg, self.splits, self.opts = cfg, splits, opts
         self.device = resolve_device(opts.device)
+        self.bf16 = precision(cfg, self.device) == "bf16"
         self.steps_per_epoch = max(1, len(splits.train) // cfg.batch_size)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.seed)
             self.model = build_model(cfg.model)
+        if cfg.whiten:
+            whiten_first_conv(self.model, splits.train.images)
         self.model.to(self.device, memory_format=self._memory_format)
         if not cfg.compile:  # the fused kernel is opaque to torch.compile; compiled models keep the native ops
             fuse_relu_batchnorm(self.model)
@@ -98,11 +110,12 @@ class _Trainer:
             self.ema = torch.optim.swa_utils.AveragedModel(
                 self.model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
             )
-        self.augment = TorchAugment(cfg.aug_strength, cfg.flip_p)
+        self.augment = TorchAugment(cfg.aug_strength, 0.0 if cfg.alternate_flip else cfg.flip_p)
         # On a GPU the whole uint8 set (150 MB) lives on the device: no host-to-device copy per batch.
         on_gpu = self.device.type == "cuda" and cfg.aug_backend == "torch"
         self.train_images = splits.train.images.to(self.device) if on_gpu else splits.train.images
         self.train_labels = splits.train.labels.to(self.device) if on_gpu else splits.train.labels
+        self.flip_half = self._flip_half(len(splits.train)) if cfg.alternate_flip else None
 
     @property
     def _memory_format(self) -> torch.memory_format:
@@ -117,11 +130,23 @@ class _Trainer:
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         cfg = self.cfg
-        params = list(self.model.parameters())
+        params = [p for p in self.model.parameters() if p.requires_grad]  # a whitened first conv stays fixed
         self.decay_params = [p for p in params if p.ndim > 1]  # conv kernels; biases and BN are not decayed
+        groups: list[dict[str, Any]] = [{"params": params}]
+        if cfg.norm_lr_scale != 1.0:  # group 0 keeps cfg.lr: _decay_weights reads the schedule from it
+            norm_params = [p for p in params if p.ndim <= 1]
+            groups = [{"params": self.decay_params},
+                      {"params": norm_params, "lr": cfg.lr * cfg.norm_lr_scale}]
         if cfg.optimizer == "sgd":
-            return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
-        return torch.optim.AdamW(params, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=0.0)
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0)
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.momentum, 0.999), weight_decay=0.0)
+
+    def _flip_half(self, n: int) -> torch.Tensor:
+        """alternate_flip: the seeded half of the images mirrored in even epochs (the other half in odd ones)."""
+        gen = torch.Generator().manual_seed(self._epoch_seed(0, 2))
+        half = torch.zeros(n, dtype=torch.bool)
+        half[torch.randperm(n, generator=gen)[: n // 2]] = True
+        return half.to(self.train_images.device)
 
     @torch.no_grad()
     def _decay_weights(self) -> None:
@@ -130,7 +155,7 @@ class _Trainer:
         torch._foreach_mul_(self.decay_params, 1 - self.cfg.weight_decay * factor)
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16)
 
     def _epoch_seed(self, epoch: int, stream: int) -> int:
         # Per-epoch seeds (not a running RNG state) make a resumed run identical to an uninterrupted one.
@@ -147,7 +172,8 @@ class _Trainer:
         order = torch.randperm(n, generator=gen).to(self.train_images.device)
         for i in range(self.steps_per_epoch):
             idx = order[i * bs : (i + 1) * bs]
-            x = self.augment.from_uint8(self.train_images[idx], aug_gen, self.device, cfg.channels_last)
+            flip = None if self.flip_half is None else self.flip_half[idx] ^ bool(epoch % 2)
+            x = self.augment.from_uint8(self.train_images[idx], aug_gen, self.device, cfg.channels_last, flip)
             yield x, self.train_labels[idx].to(self.device, non_blocking=True)
 
     def _albumentations_batches(self, epoch: int, gen: torch.Generator, bs: int):
@@ -208,13 +234,22 @@ class _Trainer:
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("config") != self.cfg.to_dict():
+        if _normalised(state.get("config")) != self.cfg.to_dict():
             raise ConfigError("checkpoint was written for a different config; refusing to resume it")
         self.model.load_state_dict(state["model"])
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+
+
+def _normalised(config: Any) -> Any:
+    """A stored config as this version writes it (fields added since take their defaults; per-stage switches
+    written as one value become lists); anything unreadable is returned as is and compares unequal."""
+    try:
+        return TrainConfig.from_dict(config).to_dict()
+    except (ConfigError, TypeError, AttributeError):
+        return config
 
 
 @torch.no_grad()
@@ -268,7 +303,7 @@ def _evaluate_splits(trainer: _Trainer, splits: Splits) -> dict[str, float]:
     for name, data in (("val", splits.val), ("test", splits.test)):
         if data is not None and len(data):
             m = evaluate(trainer.eval_model, data, trainer.device, tta_flip=cfg.tta_flip, tta_shift=cfg.tta_shift,
-                         bf16=cfg.bf16,
+                         bf16=trainer.bf16,
                          channels_last=cfg.channels_last, batch_size=trainer.opts.eval_batch_size)
             out[f"{name}_acc"], out[f"{name}_loss"] = m["acc"], m["loss"]
     return out
@@ -290,7 +325,8 @@ def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: 
         t0 = time.perf_counter()
         metrics: dict[str, Any] = {"epoch": epoch + 1, **trainer.train_epoch(epoch, bar)}
         train_time = time.perf_counter() - t0
-        metrics.update(_evaluate_splits(trainer, splits))
+        if opts.evaluate_every_epoch or epoch + 1 == cfg.epochs:
+            metrics.update(_evaluate_splits(trainer, splits))
         metrics.update(lr=trainer.scheduler.get_last_lr()[0], train_time_s=train_time,
                        eval_time_s=time.perf_counter() - t0 - train_time,
                        images_per_s=metrics["train_images"] / train_time)
@@ -302,7 +338,8 @@ def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: 
             stopped = epoch + 1 < cfg.epochs
             break
     return TrainResult(history=history, model=trainer.eval_model, stopped_early=stopped,
-                       extra={"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch})
+                       extra={"device": str(trainer.device), "steps_per_epoch": trainer.steps_per_epoch,
+                              "precision": "bf16" if trainer.bf16 else "fp32"})
 
 
 class _Progress:

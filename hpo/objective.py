@@ -1,7 +1,8 @@
 """The objective: one trial = suggest a config -> reject it if too big -> train -> report every epoch.
 
 What a trial leaves in storage (the conventions retraining and the dashboard read):
-  user_attrs "config", "data", "params_count", "macs", "receptive_field", "device", "worker" (host:pid),
+  user_attrs "config", "data", "params_count", "macs", "receptive_field", "device", "precision" (bf16 or fp32:
+  bf16 only where the device computes it natively), "worker" (host:pid),
   all before training,
   "epoch_times" and "curve" (after every epoch), "pruned_at_epoch" (pruned), "fail_reason" (failed/rejected),
   "checkpoint" (path relative to the artifact store), "resumed_from_trial" and "resumed_at_epoch" (a re-run
@@ -28,7 +29,7 @@ import torch
 from cifarnet.data import Splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
-from cifarnet.train import RunOptions, resolve_device, train
+from cifarnet.train import RunOptions, precision, resolve_device, train
 from hpo.checkpoints import TrialCheckpoint, relative_path
 from hpo.space import suggest_config
 from hpo.study import INTERRUPTED_REASON, request_stop
@@ -79,6 +80,7 @@ class Objective:
         for key, value in {
             "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
             "macs": stats.macs, "receptive_field": stats.receptive_field, "device": self.device,
+            "precision": precision(cfg, self.device),
             "worker": WORKER_ID, **({"placement": PLACEMENT} if PLACEMENT else {}),
         }.items():
             trial.set_user_attr(key, value)

@@ -13,6 +13,10 @@ from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cifarnet.train import RunOptions, load_checkpoint, lr_factor, train
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
+from cifarnet.config import ModelConfig
+
+TINY_MODEL_8 = ModelConfig(widths=(8, 8, 8, 8))  # 8 whitening filters: 4 +- pairs
+
 
 @pytest.fixture
 def splits(tiny_cifar):
@@ -174,3 +178,96 @@ def test_damaged_checkpoint_is_one_clear_line_naming_the_file(tmp_path, tiny_cif
     r = _train_resume(tmp_path, tiny_cifar, out)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"error: {ck} is truncated or not a checkpoint")
+
+
+def test_whiten_sets_the_first_conv_to_a_frozen_patch_whitening(splits):
+    from cifarnet.augment import normalize
+    from cifarnet.model import whiten_first_conv, build_model
+
+    model = build_model(TINY_MODEL_8)
+    before = model.block1a[0].weight.clone()
+    whiten_first_conv(model, splits.train.images)
+    w = model.block1a[0].weight
+    assert not w.requires_grad and not torch.equal(w, before)
+    assert torch.allclose(w[0::2], -w[1::2])  # +- pairs
+    # the filters decorrelate the patches: their responses have (near) unit variance and no covariance
+    x = normalize(splits.train.images, torch.device("cpu"), channels_last=False)
+    out = torch.nn.functional.conv2d(x, w[0::2]).transpose(0, 1).reshape(4, -1).double()
+    cov = torch.cov(out)
+    assert torch.allclose(cov, torch.eye(4, dtype=torch.float64), atol=0.05)
+
+
+def test_whitened_weights_stay_fixed_through_training_and_decay(splits):
+    cfg = TINY_TRAIN.replace(model=TINY_MODEL_8, whiten=True, weight_decay=0.1, epochs=1)
+    from cifarnet.model import build_model, whiten_first_conv
+
+    reference = build_model(cfg.model)
+    whiten_first_conv(reference, splits.train.images)
+    result = train(cfg, splits)
+    assert torch.equal(result.model.block1a[0].weight, reference.block1a[0].weight)
+    assert not torch.equal(result.model.block1a[0].bias, reference.block1a[0].bias)  # the bias trains
+
+
+def test_alternate_flip_mirrors_each_image_in_every_other_epoch(splits, monkeypatch):
+    from cifarnet.augment import TorchAugment
+
+    seen: list[torch.Tensor] = []
+    original = TorchAugment.from_uint8
+
+    def spy(self, images, gen, device, channels_last=True, flip=None):
+        seen.append(flip.clone())
+        return original(self, images, gen, device, channels_last, flip)
+
+    monkeypatch.setattr(TorchAugment, "from_uint8", spy)
+    cfg = TINY_TRAIN.replace(alternate_flip=True, aug_strength=0.0, epochs=3, batch_size=len(splits.train))
+    train(cfg, splits)
+    e0, e1, e2 = seen  # one batch holding every image per epoch, in each epoch's own order
+    assert e0.sum() == len(splits.train) // 2  # exactly half mirrored
+    assert e0.sum() + e1.sum() == len(splits.train)
+    assert e0.sum() == e2.sum()
+
+
+def test_alternate_flip_needs_the_torch_backend():
+    with pytest.raises(ConfigError, match="alternate_flip needs aug_backend"):
+        TINY_TRAIN.replace(alternate_flip=True, aug_backend="albumentations")
+
+
+def test_norm_lr_scale_gives_batchnorm_and_biases_their_own_learning_rate(splits):
+    from cifarnet.train import _Trainer
+
+    trainer = _Trainer(TINY_TRAIN.replace(norm_lr_scale=8.0, lr=0.05), splits, RunOptions())
+    conv_group, norm_group = trainer.optimizer.param_groups
+    assert conv_group["lr"] == pytest.approx(0.05 * lr_factor(trainer.cfg, 0, trainer.total_steps))
+    assert norm_group["lr"] == pytest.approx(8 * conv_group["lr"])
+    assert all(p.ndim > 1 for p in conv_group["params"]) and all(p.ndim <= 1 for p in norm_group["params"])
+    # the default keeps one group, as before the knob existed (older checkpoints resume)
+    assert len(_Trainer(TINY_TRAIN, splits, RunOptions()).optimizer.param_groups) == 1
+
+
+@pytest.mark.parametrize("variant", [dict(whiten=True), dict(alternate_flip=True), dict(norm_lr_scale=4.0)])
+def test_recipe_knobs_resume_to_identical_result(tmp_path, splits, variant):
+    cfg = TINY_TRAIN.replace(model=TINY_MODEL_8, epochs=2, **variant)
+    full = train(cfg, splits).history
+    ck = tmp_path / "ck.pt"
+    train(cfg, splits, lambda e, m: True, RunOptions(checkpoint=ck))  # stops after epoch 1
+    resumed = train(cfg, splits, opts=RunOptions(checkpoint=ck, resume=True)).history
+    assert [m["val_loss"] for m in resumed] == [m["val_loss"] for m in full]
+
+
+def test_bf16_runs_in_fp32_where_the_device_has_no_native_bf16(splits, monkeypatch):
+    import cifarnet.train as train_module
+
+    fp32 = train(TINY_TRAIN.replace(epochs=1), splits)
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: False)
+    emulated = train(TINY_TRAIN.replace(epochs=1, bf16=True), splits)
+    assert emulated.extra["precision"] == "fp32"
+    assert emulated.history[0]["val_loss"] == fp32.history[0]["val_loss"]  # the same computation as bf16 = false
+    monkeypatch.setattr(train_module, "native_bf16", lambda device: True)
+    native = train(TINY_TRAIN.replace(epochs=1, bf16=True), splits)
+    assert native.extra["precision"] == "bf16" and native.history[0]["val_loss"] != fp32.history[0]["val_loss"]
+
+
+def test_evaluating_only_the_last_epoch(splits):
+    h = train(TINY_TRAIN.replace(epochs=3), splits, opts=RunOptions(evaluate_every_epoch=False)).history
+    assert ["val_acc" in m for m in h] == [False, False, True]
+    assert h[-1]["val_acc"] == train(TINY_TRAIN.replace(epochs=3), splits).history[-1]["val_acc"]
