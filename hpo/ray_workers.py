@@ -5,7 +5,8 @@ Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays t
   the same storage. A task asks for `cpus_per_worker` CPUs (its torch threads) and, on a cluster with GPUs,
   1/`trials_per_gpu` of a GPU, so Ray packs several small trials onto one GPU and sets each task's
   CUDA_VISIBLE_DEVICES; the SPREAD strategy puts the tasks on as many nodes as it can. Every trial records
-  where it ran (user_attr "placement": node, host, the GPU ids Ray assigned and CUDA_VISIBLE_DEVICES).
+  where it ran (user_attr "placement": node, host, node address, the GPU ids Ray assigned and
+  CUDA_VISIBLE_DEVICES).
 - A node that dies takes its tasks with it: Ray runs each again elsewhere (max_retries), and the new task
   rejoins the run under the budget stored on the study. The trial the dead task was running keeps a stale
   heartbeat; the next worker that looks fails it and runs the re-queued copy, which continues from the dead
@@ -119,7 +120,8 @@ def run_slot(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> i
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     objective.PLACEMENT.clear()
     objective.PLACEMENT.update(node_id=ray.get_runtime_context().get_node_id(), host=socket.gethostname(),
-                               gpu_ids=gpu_ids, cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
+                               node_ip=ray.util.get_node_ip_address(), gpu_ids=gpu_ids,
+                               cuda_visible_devices=os.environ.get("CUDA_VISIBLE_DEVICES"))
     device = opts.device
     if device == "auto":  # the GPU Ray assigned is the only one visible: "cuda" is that one
         device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
