@@ -2,7 +2,7 @@
 
 Takes a finished quick study (default: results/quick2, the current studies/quick.toml: 8 epochs x 20k images
 per trial), retrains its top-K complete trials by validation accuracy plus trial 0 (the original CifarNet) on
-all 50k training images with a fixed 10-epoch schedule, using the search's own mapping (hpo.retrain.
+all 50k training images with a fixed 10-epoch schedule, using the search's own mapping (hpo.results.retrain.
 replay_config) and the one training loop, and reports the rank correlation (Spearman and Kendall) between the
 study's validation accuracy and the retrain's final test accuracy, and whether the study's winner is the
 retrain's winner. The study database is only read.
@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     from cifarnet.files import write_json_atomic
     from cifarnet.run import train_to_dir
     from cifarnet.train import RunOptions
-    from hpo.retrain import replay_config
-    from hpo.studyfile import spec_from_dict
+    from hpo.results.retrain import replay_config
+    from hpo.definition.study_file import spec_from_dict
 
     torch.set_num_threads(os.cpu_count() or 1)
     study = optuna.load_study(study_name=args.study, storage=args.storage)

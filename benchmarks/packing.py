@@ -4,12 +4,13 @@ at once on one device: K local worker processes sharing the CPU cores, or K tria
 Every run trains the same fixed list of configurations (quick.toml's space, sampled once with a seeded random
 sampler, over-budget ones skipped) at a reduced fidelity, no pruning, in a fresh SQLite study, so runs differ
 only in K. Runs are interleaved (K=1, 2, ..., then again) and repeated. `hpo study start --workers auto`
-reads the result (hpo.packing).
+reads the result (hpo.running.packing).
 
     python benchmarks/packing.py --data-dir ../shared/data/cifar10                       # CPU, K = 1, 2 (~5 min)
     python benchmarks/packing.py --device cuda --concurrent 1 2 4 8 --train-size 20000    # one GPU (benchmarks/gpu.sh)
 
-Writes (merges into) results/packing.json: one entry per (device, K) with the median over repeats.
+Writes (merges into) results/packing.json: one entry per (device, K) with the median over repeats; and the
+same file as hpo/running/packing.json, the package data `--workers auto` reads in an installed package.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO / "results" / "packing.json"
+PACKAGED = REPO / "hpo" / "running" / "packing.json"
 sys.path.insert(0, str(REPO))
 
 
@@ -35,7 +38,7 @@ def fixed_params(spec, n: int, seed: int) -> list[dict[str, Any]]:
     import optuna
 
     from cifarnet.model import model_stats
-    from hpo.space import suggest_config
+    from hpo.definition.space import suggest_config
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
@@ -54,9 +57,9 @@ def run_once(base: dict[str, Any], params: list[dict[str, Any]], k: int, args: a
              folder: Path) -> dict[str, Any]:
     import optuna
 
-    from hpo.studyfile import spec_from_dict
-    from hpo.study import create_or_resume
-    from hpo.worker import WorkerOptions, start_study
+    from hpo.definition.study_file import spec_from_dict
+    from hpo.running.study import create_or_resume
+    from hpo.running.worker import WorkerOptions, start_study
 
     raw = json.loads(json.dumps(base))
     name = f"packing-{args.device.replace(':', '')}-k{k}-{time.time_ns()}"
@@ -94,14 +97,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--train-size", type=int, default=5000)
     p.add_argument("--val-size", type=int, default=1000)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", type=Path, default=REPO / "results" / "packing.json")
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT)
     p.add_argument("--note", default="", help="what else ran on the machine meanwhile")
     args = p.parse_args(argv)
 
     from cifarnet.hardware import describe_hardware, now_iso
     from cifarnet.files import write_json_atomic
-    from hpo.packing import this_machine
-    from hpo.studyfile import spec_from_dict
+    from hpo.running.packing import this_machine
+    from hpo.definition.study_file import spec_from_dict
 
     base = tomllib.loads((REPO / "studies" / "quick.toml").read_text())
     probe = spec_from_dict({**base, "study": {**base["study"], "storage": "sqlite:///:memory:"}})
@@ -124,14 +127,17 @@ def main(argv: list[str] | None = None) -> None:
                      "trials_per_hour": statistics.median(r["trials_per_hour"] for r in rs),
                      "images_per_s": statistics.median(r["images_per_s"] for r in rs), "repeats": rs,
                      "date": date})
-    write_json_atomic({
+    record = {
         "command": " ".join(["python", "benchmarks/packing.py", *map(shlex.quote, sys.argv[1:])]),
         "date": date, "hardware": describe_hardware(args.device if args.device != "auto" else "cpu"),
         "note": args.note,
         "fidelity": {"trials": args.trials, "epochs": args.epochs, "train_size": args.train_size,
                      "val_size": args.val_size, "space": "studies/quick.toml", "pruner": "none"},
         "runs": runs,
-    }, args.out)
+    }
+    write_json_atomic(record, args.out)
+    if args.out == DEFAULT_OUT:  # the copy an installed package reads (--workers auto); kept equal by a test
+        write_json_atomic(record, PACKAGED)
 
 
 if __name__ == "__main__":

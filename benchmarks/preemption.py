@@ -1,5 +1,5 @@
 """Preemption at real scale: a study whose worker is SIGKILLed several times in the middle of an epoch, as a spot
-instance is, and what resuming trials from their checkpoints (hpo.checkpoints) saves against re-running them
+instance is, and what resuming trials from their checkpoints (hpo.running.checkpoints) saves against re-running them
 from scratch. Writes results/preemption.json.
 
     python benchmarks/preemption.py --data-dir ../shared/data/cifar10      # quick.toml's run + a grace period per kill
@@ -44,9 +44,9 @@ sys.path.insert(0, str(REPO))
 from cifarnet.hardware import describe_hardware, now_iso  # noqa: E402
 from cifarnet.files import write_json_atomic  # noqa: E402
 from cifarnet.train import load_checkpoint  # noqa: E402
-from hpo.checkpoints import relative_path  # noqa: E402
+from hpo.running.checkpoints import relative_path  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
-from hpo.studyfile import to_toml  # noqa: E402
+from hpo.definition.study_file import to_toml  # noqa: E402
 
 HPO = str(Path(sys.executable).parent / "hpo")
 DONE = (TrialState.COMPLETE, TrialState.PRUNED)

@@ -157,7 +157,7 @@ def screenshot_report(driver, report_html: Path, png: Path, min_charts: int = 3)
 def take_screenshots(study: str, storage: str | None, out_dir: Path) -> tuple[Path, Path]:
     """Both screenshots for one study (a study TOML or a name in --storage); the two PNG paths."""
     from dashboard.report import report_study
-    from hpo.paths import locate_study
+    from hpo.definition.paths import locate_study
 
     name, url = locate_study(study, storage)
     out_dir.mkdir(parents=True, exist_ok=True)

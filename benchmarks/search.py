@@ -2,14 +2,14 @@
 
 Repeated real studies on real CIFAR-10, one objective (studies/quick.toml's space and base recipe at a reduced
 fidelity), one trial budget, several sampler seeds per strategy, the data split fixed. Every study is an
-ordinary hpo study (`hpo.worker.start_study`, one worker, CPU) in one SQLite file, so `hpo report` and
+ordinary hpo study (`hpo.running.worker.start_study`, one worker, CPU) in one SQLite file, so `hpo report` and
 optuna-dashboard can open them. For each study the script records, trial by trial in the order they ran:
 epochs trained, training + evaluation seconds, and the best validation accuracy so far (COMPLETE trials only,
 as the study itself reports it). Then it summarises (see `analyse`):
 
   headline  compute (epochs trained) each strategy needs to reach the final best of random search without
             pruning, as a ratio to what random needed, paired by seed; median over seeds and the spread
-  replay    the pruners replayed over the unpruned arms' learning curves (hpo.replay): epochs saved against
+  replay    the pruners replayed over the unpruned arms' learning curves (pruner_replay): epochs saved against
             the probability that the top-1 / top-3 trial survives
 
     python benchmarks/search.py --data-dir ../shared/data/cifar10                  # ~1.5 h on 2 cores
@@ -71,8 +71,8 @@ def study_dict(base: dict[str, Any], strategy: str, seed: int, args: argparse.Na
 
 
 def run_study(raw: dict[str, Any], args: argparse.Namespace, log) -> None:
-    from hpo.studyfile import spec_from_dict
-    from hpo.worker import WorkerOptions, start_study
+    from hpo.definition.study_file import spec_from_dict
+    from hpo.running.worker import WorkerOptions, start_study
 
     spec = spec_from_dict(raw)
     start_study(spec, WorkerOptions(data_dir=args.data_dir, device="cpu", workers=1, out=log))
@@ -82,16 +82,16 @@ def study_record(storage: str, name: str) -> dict[str, Any]:
     """The trials of one finished study, in the order they ran, with compute and best-so-far."""
     import optuna
 
-    from hpo.efficiency import study_record as record
+    from hpo.results.efficiency import study_record as record
 
     return {"study": name, **record(optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False))}
 
 
 def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) -> dict[str, Any]:
-    """Headline ratios per strategy (hpo.efficiency.compare_strategies: paired by seed with random, and over
+    """Headline ratios per strategy (hpo.results.efficiency.compare_strategies: paired by seed with random, and over
     every seed pair) and the pruner replay."""
-    from hpo.efficiency import compare_strategies
-    from hpo.replay import PRUNERS, replay_pruners
+    from hpo.results.efficiency import compare_strategies
+    from pruner_replay import PRUNERS, replay_pruners
 
     out: dict[str, Any] = {"strategies": compare_strategies(records)}
     curves = [[row["val_curve"] for row in rec["trials"] if row["state"] == "COMPLETE"

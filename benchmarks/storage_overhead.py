@@ -11,7 +11,7 @@ What is timed in every worker process, on its main thread, as exclusive ("self")
   train     cifarnet.train.train(): model build, epochs, evaluation (its callbacks' optuna calls excluded)
   optuna    optuna's API: ask, tell, suggest_*, report, should_prune, set_user_attr, set_constraint, get_trials,
             study user_attrs, fail_stale_trials (Python, sampler, pruner; their database calls excluded)
-  storage   every database call (hpo.storage.ReconnectingRDBStorage) made on the main thread
+  storage   every database call (ReconnectingRDBStorage) made on the main thread
   notes     each finished trial's dashboard note and per-epoch table (database calls excluded)
   progress  each finished trial's progress line (database calls excluded)
 overhead = optuna + storage + notes + progress. Heartbeats are written by a background thread, off the
@@ -47,9 +47,10 @@ sys.path.insert(0, str(REPO))
 
 from cifarnet.hardware import describe_hardware, now_iso  # noqa: E402
 from cifarnet.files import write_json_atomic  # noqa: E402
-from hpo.storage import RETRIED_CALLS, open_storage  # noqa: E402
-from hpo.studyfile import spec_from_dict  # noqa: E402
-from hpo.worker import WorkerOptions, begin_run  # noqa: E402
+from hpo.storage import open_storage  # noqa: E402
+from hpo.storage.optuna_internals import RETRIED_CALLS, ReconnectingRDBStorage  # noqa: E402
+from hpo.definition.study_file import spec_from_dict  # noqa: E402
+from hpo.running.worker import WorkerOptions, begin_run  # noqa: E402
 
 OVERHEAD = ("optuna", "storage", "notes", "progress")
 GOAL_PCT = 1.0
@@ -95,14 +96,14 @@ class Meter:
 
 def instrument(meter: Meter) -> None:
     """Wrap the real functions in this (worker) process; nothing is replaced, only timed."""
-    import hpo.objective
-    import hpo.storage
-    import hpo.worker
+    import hpo.running.objective
+    import hpo.storage  # noqa: F401  (the storage modules the patches below reach)
+    import hpo.running.worker
 
     def patch(owner: Any, name: str, category: str) -> None:
         setattr(owner, name, meter.wrap(category, getattr(owner, name)))
 
-    patch(hpo.objective, "train", "train")
+    patch(hpo.running.objective, "train", "train")
     for name in ("ask", "tell", "get_trials", "set_user_attr"):
         patch(optuna.study.Study, name, "optuna")
     optuna.study.Study.user_attrs = property(meter.wrap("optuna", optuna.study.Study.user_attrs.fget))
@@ -111,16 +112,16 @@ def instrument(meter: Meter) -> None:
         patch(optuna.trial.Trial, name, "optuna")
     patch(optuna.storages, "fail_stale_trials", "optuna")
     for name in (*RETRIED_CALLS, "record_heartbeat"):
-        if name in vars(hpo.storage.ReconnectingRDBStorage) or hasattr(optuna.storages.RDBStorage, name):
-            patch(hpo.storage.ReconnectingRDBStorage, name, "storage")
-    patch(hpo.worker.TrialRunner, "_annotate", "notes")
-    patch(hpo.worker.Progress, "__call__", "progress")
+        if name in vars(ReconnectingRDBStorage) or hasattr(optuna.storages.RDBStorage, name):
+            patch(ReconnectingRDBStorage, name, "storage")
+    patch(hpo.running.worker.TrialRunner, "_annotate", "notes")
+    patch(hpo.running.worker.Progress, "__call__", "progress")
 
 
 def measured_worker(spec, opts: WorkerOptions, index: int, out: str) -> None:
     """One worker process: instrument, run trials like `hpo study join`, write what was measured."""
     from cifarnet.data import load_cifar10
-    from hpo.worker import run_worker
+    from hpo.running.worker import run_worker
 
     load_cifar10(opts.data_dir)  # cached: loading the data set is start-up, not trial time
     opts = dataclasses.replace(opts, out=open(os.devnull, "w"))  # no progress lines in the benchmark's output

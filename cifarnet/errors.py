@@ -28,4 +28,4 @@ class NonFiniteLossError(CifarNetError):
 class OutputError(OSError):
     """A file or folder the user named (-o/--out, a run folder) cannot be written: a folder or a file in the way,
     no permission, a full disk. An OSError, not a CifarNetError: a trial that cannot write its checkpoint stops
-    its worker (hpo.objective.TRIAL_ERRORS) rather than failing every trial after it; the CLI prints one line."""
+    its worker (hpo.running.objective.TRIAL_ERRORS) rather than failing every trial after it; the CLI prints one line."""

@@ -22,9 +22,9 @@ from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
 from cifarnet.config import read_toml
-from hpo.paths import resolve_artifact_dir
+from hpo.definition.paths import resolve_artifact_dir
 from hpo.storage import open_existing_storage
-from hpo.studyfile import DEFAULT_STORAGE, load_study_file
+from hpo.definition.study_file import DEFAULT_STORAGE, load_study_file
 from hpo.errors import HPOError
 from hpo.exposure import LOOPBACK_NAMES, exposure_warning
 
@@ -75,7 +75,7 @@ class StudyArtifactStore:
     def __init__(self, storage: BaseStorage, default_dir: str | Path | None = None, storage_url: str = ""):
         self._storage = storage
         self._default = Path(default_dir) if default_dir else None
-        self._url = storage_url  # stored folders are relative to a SQLite database's folder (hpo.paths)
+        self._url = storage_url  # stored folders are relative to a SQLite database's folder (hpo.definition.paths)
 
     def folders(self) -> list[Path]:
         found = [resolve_artifact_dir(s.user_attrs["artifact_dir"], self._url) for s in self._storage.get_all_studies()

@@ -21,11 +21,11 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 
 from cifarnet.files import write_text_atomic
-from hpo.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
-from hpo.paths import locate_study
-from hpo.retrains import describe_record, reference_retrain, retrain_records
+from hpo.results.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
+from hpo.definition.paths import locate_study
+from hpo.results.retrain_records import describe_record, reference_retrain, retrain_records
 from hpo.storage import open_existing_storage
-from hpo.study import load_study, seed_baseline
+from hpo.running.study import load_study, seed_baseline
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
@@ -192,7 +192,7 @@ def pruning_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
 
 def strategy_section(study: optuna.Study, storage: optuna.storages.BaseStorage | str) -> Section | None:
     """Every study of the same benchmark in `storage`, compared as benchmarks/search.py does
-    (hpo.efficiency.compare_strategies); None when the study is not one of a benchmark."""
+    (hpo.results.efficiency.compare_strategies); None when the study is not one of a benchmark."""
     match = BENCHMARK_NAME.match(study.study_name)
     if match is None:
         return None
@@ -232,7 +232,7 @@ def strategy_figure(records: dict[tuple[str, int], dict]) -> go.Figure:
 
 
 def retrain_section(study: optuna.Study) -> Section:
-    """Every retrain recorded on the study (hpo.retrains), the reference one first and drawn boldest."""
+    """Every retrain recorded on the study (hpo.results.retrain_records), the reference one first and drawn boldest."""
     title = "Retraining the best configuration"
     records = retrain_records(study)
     if not records:

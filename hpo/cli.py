@@ -13,15 +13,18 @@ import signal
 import sys
 
 
+STOPPED = "interrupted: stopped before finishing"  # Ctrl-C where no command said what is left (= INTERRUPTED + ...)
+
+
 def _interrupted_while_starting(signum: int, frame: object) -> None:
     # Ctrl-C while Python is still importing: no 40-line KeyboardInterrupt traceback from inside an import.
-    sys.stderr.write("error: interrupted\n")
+    sys.stderr.write(f"{STOPPED}\n")
     os._exit(130)
 
 
 # Installed before anything is imported and restored once this module is loaded (spawned worker processes
 # import it too, and must keep Python's own Ctrl-C); the heavy imports happen inside the commands, under main().
-# A worker process starts with SIGINT ignored (hpo.launcher) and keeps it so until it can handle it.
+# A worker process starts with SIGINT ignored (hpo.running.launcher) and keeps it so until it can handle it.
 _sigint_before_import = signal.getsignal(signal.SIGINT)
 if _sigint_before_import is not signal.SIG_IGN:
     signal.signal(signal.SIGINT, _interrupted_while_starting)
@@ -32,7 +35,7 @@ from typing import Annotated, Optional  # noqa: E402
 import typer  # noqa: E402
 
 from hpo.commands import data, distributed, model, retrain, study, train  # noqa: E402
-from hpo.commands.options import INTERRUPTED_EXIT, Interrupted  # noqa: E402
+from hpo.commands.options import INTERRUPTED_EXIT, CommandInterrupted  # noqa: E402
 
 
 def _version(value: bool) -> None:
@@ -97,7 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=argv, prog_name="hpo", standalone_mode=False)
         if code == INTERRUPTED_EXIT:  # typer turns a KeyboardInterrupt no command handled into this code
-            print("error: interrupted", file=sys.stderr)
+            print(STOPPED, file=sys.stderr)
     except typer.TyperException as e:  # a usage error: one line, not click's three or typer's boxed panel
         ctx = getattr(e, "ctx", None)
         if ctx is not None and e.format_message() == ctx.get_help():  # a group called without a command
@@ -109,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         print("error: aborted", file=sys.stderr)
         code = 1
-    except (KeyboardInterrupt, Interrupted) as e:
-        print(str(e) if isinstance(e, Interrupted) else "error: interrupted", file=sys.stderr)
+    except (KeyboardInterrupt, CommandInterrupted) as e:
+        print(str(e) if isinstance(e, CommandInterrupted) else STOPPED, file=sys.stderr)
         code = getattr(e, "exit_code", INTERRUPTED_EXIT)
     except (CifarNetError, OutputError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -15,9 +15,12 @@ import typer
 INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
 
-class Interrupted(Exception):
-    """Raised by a command that handled Ctrl-C (or SIGTERM) itself; hpo.cli.main prints its one line and exits
-    with `exit_code` (130 for Ctrl-C, 143 for SIGTERM)."""
+INTERRUPTED = "interrupted: "  # how every Ctrl-C / SIGTERM line starts, whatever the command
+
+
+class CommandInterrupted(Exception):
+    """Raised by a command that handled Ctrl-C (or SIGTERM) itself, with what is left and how to continue;
+    hpo.cli.main prints it as one line and exits with `exit_code` (130 for Ctrl-C, 143 for SIGTERM)."""
 
     def __init__(self, message: str, exit_code: int = 130):
         super().__init__(message)
@@ -27,9 +30,9 @@ class Interrupted(Exception):
 def interrupted_message(run_dir: Path) -> str:
     """Ctrl-C in `hpo train` / `hpo retrain`: what is left in the run folder and how to continue."""
     if (run_dir / "checkpoint.pt").exists():
-        return (f"error: interrupted: {run_dir} keeps the checkpoint of its last finished epoch; the same command "
+        return (f"{INTERRUPTED}{run_dir} keeps the checkpoint of its last finished epoch; the same command "
                 f"with --resume continues it")
-    return "error: interrupted before the first epoch finished (nothing to resume)"
+    return f"{INTERRUPTED}stopped before the first epoch finished (nothing to resume)"
 
 
 class OutputFormat(str, enum.Enum):
@@ -42,7 +45,7 @@ def _check_device(value: Optional[str]) -> Optional[str]:
     if value is None:
         return None
     from hpo.errors import HPOError
-    from hpo.launcher import check_device
+    from hpo.running.launcher import check_device
 
     device = f"cuda:{value}" if value.isdigit() else value
     try:

@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hpo.commands.options import DataDirOpt, DeviceOpt, Interrupted, StorageOpt, interrupted_message
+from hpo.commands.options import DataDirOpt, DeviceOpt, CommandInterrupted, StorageOpt, interrupted_message
 
 app = typer.Typer()
 
@@ -45,7 +45,7 @@ def retrain_cmd(
     """Retrain a trial on all training images until its test accuracy reaches the target (or max epochs).
 
     Every retrain is kept as its own record on the study (`hpo study status` and `hpo report` list them all)."""
-    from hpo.retrain import RetrainOptions, prepare_retrain, run_retrain
+    from hpo.results.retrain import RetrainOptions, prepare_retrain, run_retrain
 
     options = RetrainOptions(storage=storage, trial=trial, target=target, max_epochs=max_epochs, out=out,
                              resume=resume, seed=seed, data_dir=data_dir, device=device)
@@ -60,7 +60,7 @@ def retrain_cmd(
     try:
         result = run_retrain(plan, report=show)
     except KeyboardInterrupt:
-        raise Interrupted(interrupted_message(plan.out)) from None
+        raise CommandInterrupted(interrupted_message(plan.out)) from None
     typer.echo(describe_result(result))
 
 
@@ -101,7 +101,7 @@ def export_cmd(
     batch: Annotated[int, typer.Option(min=1, help="Images in the PyTorch-vs-export check batch.")] = 64,
 ) -> None:
     """Export a run as a deployable model (uint8 HWC images in, log-probs out) checked against PyTorch."""
-    from hpo.export import export_model
+    from hpo.results.export import export_model
 
     r = export_model(run_dir, format.value, weights=weights.value, out=out, data_dir=data_dir, batch=batch)
     typer.echo(f"wrote {r.path} ({r.format}, {r.describe_weights()}; sidecar {r.path.name}.json)")

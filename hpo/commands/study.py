@@ -1,5 +1,5 @@
-"""`hpo study start|join|check|list|status|best|summary|verify`: thin wrappers over hpo.worker, hpo.study and
-hpo.summary, with the text each prints (the library returns records; the tables live here)."""
+"""`hpo study start|join|check|list|status|best|summary|verify`: thin wrappers over hpo.running.worker, hpo.running.study and
+hpo.results.summary, with the text each prints (the library returns records; the tables live here)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from hpo.commands.options import (DataDirOpt, DeviceOpt, FormatOpt, Interrupted, NameArg, OptionalDeviceOpt,
+from hpo.commands.options import (INTERRUPTED, DataDirOpt, DeviceOpt, FormatOpt, CommandInterrupted, NameArg, OptionalDeviceOpt,
                                   OutputFormat, StorageOpt, StudyFileArg, echo_record)
-from hpo.paths import locate_study  # os and pathlib only: `hpo --help` stays light
+from hpo.definition.paths import locate_study  # os and pathlib only: `hpo --help` stays light
 
 T = TypeVar("T")
 
@@ -31,7 +31,7 @@ RayOpt = Annotated[Optional[str], typer.Option(
 
 
 def _parse_workers(value: str) -> str:
-    """`--workers N` (N >= 1) or `--workers auto` (the measured best for this machine, hpo.packing)."""
+    """`--workers N` (N >= 1) or `--workers auto` (the measured best for this machine, hpo.running.packing)."""
     if value == "auto" or (value.isdigit() and int(value) >= 1):
         return value
     raise typer.BadParameter(f"{value!r} is not a number >= 1 or 'auto'")
@@ -61,13 +61,13 @@ def start_cmd(
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
     from hpo.errors import HPOError
-    from hpo.studyfile import load_study_file
-    from hpo.worker import WorkerOptions, start_study
+    from hpo.definition.study_file import load_study_file
+    from hpo.running.worker import WorkerOptions, start_study
 
     spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
     _warn_if_proxy(spec.storage)
     if workers == "auto":
-        from hpo.packing import auto_workers
+        from hpo.running.packing import auto_workers
 
         choice = auto_workers(device)
         typer.echo(f"--workers auto: {choice.reason}")
@@ -76,7 +76,7 @@ def start_cmd(
     if ray is None and trials_per_device != 1:
         raise HPOError("--trials-per-device needs --ray here (local workers: --workers)")
     if ray is not None:
-        from hpo.ray_workers import RayOptions, start_study_on_ray
+        from hpo.running.ray_workers import RayOptions, start_study_on_ray
 
         ray_opts = RayOptions(address=ray, workers=count, trials_per_gpu=trials_per_device,
                               cpus_per_worker=threads or 1)
@@ -99,17 +99,17 @@ def join_cmd(
 ) -> None:
     """Join a study started with `hpo study start` (from any process or machine) until its run ends."""
     from hpo.errors import HPOError
-    from hpo.launcher import device_slots
-    from hpo.study import study_status
-    from hpo.studyfile import load_study_file
-    from hpo.worker import WorkerOptions, join_study
+    from hpo.running.launcher import device_slots
+    from hpo.results.records import study_status
+    from hpo.definition.study_file import load_study_file
+    from hpo.running.worker import WorkerOptions, join_study
 
     if devices is not None and device is not None:
         raise HPOError("give --device or --devices, not both")
     spec = load_study_file(study_file, storage=storage)
     _warn_if_proxy(spec.storage)
     if ray is not None:
-        from hpo.ray_workers import RayOptions, join_study_on_ray
+        from hpo.running.ray_workers import RayOptions, join_study_on_ray
 
         if devices is not None:
             raise HPOError("--devices is for local workers; on Ray each worker gets the device Ray assigns it")
@@ -154,14 +154,14 @@ def _interruptible(run: Callable[[], T]) -> T:
         what = ("a trial that was running is marked failed (fail_reason 'interrupted') and queued again"
                 if getattr(e, "recorded", True) else "the running trial could not be recorded as interrupted "
                 "(database unreachable, see the warning above): the next run re-runs it")
-        raise Interrupted(f"interrupted: {what}; run the same command to resume",
+        raise CommandInterrupted(f"{INTERRUPTED}{what}; run the same command to resume",
                           exit_code=getattr(e, "exit_code", 130)) from None
 
 
 @app.command("check")
 def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Validate a study file and print what it would search (no storage or data is touched)."""
-    from hpo.studyfile import load_study_file
+    from hpo.definition.study_file import load_study_file
 
     spec = load_study_file(study_file, storage=storage)
     record = describe_spec(spec)
@@ -171,8 +171,8 @@ def check_cmd(study_file: StudyFileArg, storage: StorageOpt = None, format: Form
 @app.command("list")
 def list_cmd(storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Studies in a storage: trials, best validation accuracy, first trial's start."""
-    from hpo.study import list_studies
-    from hpo.studyfile import DEFAULT_STORAGE
+    from hpo.results.records import list_studies
+    from hpo.definition.study_file import DEFAULT_STORAGE
 
     rows = [dataclasses.asdict(r) for r in list_studies(storage or DEFAULT_STORAGE)]
     echo_record(rows, format, format_list(rows))
@@ -181,10 +181,11 @@ def list_cmd(storage: StorageOpt = None, format: FormatOpt = OutputFormat.table)
 @app.command("status")
 def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """Trials by state, best so far, target, stop flag, why trials failed, stale RUNNING trials, retrains."""
-    from hpo.consistency import check_consistency
-    from hpo.retrains import reference_retrain, retrain_records
+    from hpo.results.consistency import check_consistency
+    from hpo.results.retrain_records import reference_retrain, retrain_records
     from hpo.storage import open_existing_storage
-    from hpo.study import load_spec, load_study, study_status
+    from hpo.running.study import load_spec, load_study
+    from hpo.results.records import study_status
 
     name, url = locate_study(name, storage)
     status = study_status(url, name)
@@ -203,7 +204,7 @@ def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Ou
 @app.command("best")
 def best_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
     """The best completed trial: validation accuracy, parameters, size and the full training config."""
-    from hpo.study import best_trial_record
+    from hpo.results.records import best_trial_record
 
     name, url = locate_study(name, storage)
     record = best_trial_record(url, name)
@@ -219,7 +220,7 @@ def summary_cmd(
 ) -> None:
     """Trials complete/pruned/failed, best validation accuracy, wall time and epochs saved by pruning."""
     from cifarnet.files import write_json_atomic
-    from hpo.summary import summarize_study
+    from hpo.results.summary import summarize_study
 
     name, url = locate_study(name, storage)
     summary = summarize_study(url, name)
@@ -233,7 +234,7 @@ def summary_cmd(
 @app.command("verify")
 def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
     """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
-    from hpo.consistency import check_consistency
+    from hpo.results.consistency import check_consistency
     from hpo.errors import HPOError
     from hpo.storage import open_existing_storage
 
@@ -248,7 +249,7 @@ def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
 
 def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, Any]] = (),
                   reference: dict[str, Any] | None = None) -> str:
-    from hpo.retrains import describe_record
+    from hpo.results.retrain_records import describe_record
 
     c = status.counts
     lines = [f"study {status.name} ({status.storage})",
@@ -292,8 +293,8 @@ def format_list(rows: list[dict[str, Any]]) -> str:
 def describe_spec(spec: Any) -> dict[str, Any]:
     """`hpo study check`: what a study file searches, with the parameter range of its models."""
     from hpo.storage import display_url
-    from hpo.study import baseline_params
-    from hpo.studyfile import check_size_budget
+    from hpo.running.study import baseline_params
+    from hpo.definition.study_file import check_size_budget
 
     sizes = list(check_size_budget(spec))
     baseline, moved = baseline_params(spec.space, spec)

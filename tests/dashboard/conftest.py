@@ -14,8 +14,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.paths import resolve_artifact_dir
-from hpo.studyfile import load_study_file
+from hpo.definition.paths import resolve_artifact_dir
+from hpo.definition.study_file import load_study_file
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "studies/smoke.toml"

@@ -8,7 +8,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
 from dashboard.report import build_report
-from hpo.efficiency import anytime, compute_to_reach, pruning_savings
+from hpo.results.efficiency import anytime, compute_to_reach, pruning_savings
 
 
 def _trial(state: TrialState, vals: list[float]) -> optuna.trial.FrozenTrial:

@@ -1,4 +1,4 @@
-"""Per-trial notes and per-epoch tables (hpo.notes), written by the worker on the live trial and read back through
+"""Per-trial notes and per-epoch tables (hpo.running.notes), written by the worker on the live trial and read back through
 optuna-dashboard's API: on the real demo study, and through the worker's TrialRunner on every storage."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import optuna
 from optuna.trial import TrialState
 
 from hpo.storage import open_storage
-from hpo.worker import TrialRunner
+from hpo.running.worker import TrialRunner
 from tests.dashboard_api import dashboard_trials
 
 

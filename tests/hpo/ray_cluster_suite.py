@@ -24,8 +24,8 @@ from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
 from cifarnet.train import load_checkpoint
-from hpo.checkpoints import relative_path
-from hpo.consistency import check_consistency
+from hpo.running.checkpoints import relative_path
+from hpo.results.consistency import check_consistency
 from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
 from tests.hpo.test_distributed import (pg_url, storage_for, trials_of, wait_for,  # noqa: F401  (pg_url: fixture)

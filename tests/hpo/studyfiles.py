@@ -7,7 +7,7 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from hpo.studyfile import to_toml
+from hpo.definition.study_file import to_toml
 
 TINY_STUDY: dict[str, Any] = {
     "study": {"name": "tiny", "trials": 2, "target_accuracy": 0.2},

@@ -17,11 +17,11 @@ import pytest
 from optuna.trial import TrialState
 
 from cifarnet.config import to_toml
-from hpo.paths import resolve_artifact_dir
+from hpo.definition.paths import resolve_artifact_dir
 from hpo.storage import open_storage
-from hpo.study import create_or_resume
-from hpo.studyfile import load_study_file
-from hpo.worker import begin_run
+from hpo.running.study import create_or_resume
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import begin_run
 from tests.conftest import TINY_DATA, TINY_TRAIN
 from tests.hpo.studyfiles import write_study
 
@@ -186,21 +186,21 @@ def test_ctrl_c_in_train_is_one_error_line(tmp_path, tiny_cifar):
             "--out", str(tmp_path / "run"), "--device", "cpu"]
     r = _interrupt_after(args, wait_for="epoch 1/50")
     assert r.returncode == 130 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: interrupted: ") and r.stderr.count("\n") == 1 and "--resume" in r.stderr
+    assert r.stderr.startswith("interrupted: ") and r.stderr.count("\n") == 1 and "--resume" in r.stderr
 
 
 def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, tiny_cifar):
     # Half a second in, `hpo train` is still importing (typer, then torch inside the command).
     r = _interrupt_after(["train", "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "run")], None, 0.5)
     assert r.returncode == 130 and "Traceback" not in r.stderr and "KeyboardInterrupt" not in r.stderr
-    assert r.stderr.startswith("error: interrupted") and r.stderr.count("\n") == 1
+    assert r.stderr == "interrupted: stopped before finishing\n" and r.stderr.count("\n") == 1
 
 
 def test_status_flags_a_running_trial_whose_heartbeat_is_stale(tmp_path, storage_url, study_name):
     begin_run(load_study_file(write_study(tmp_path, study_name, storage_url)))  # as `hpo study start`; grace 3 s
     # A worker with optuna's heartbeat thread, stuck in its trial, then killed (no handler, no cleanup).
     worker = subprocess.Popen([sys.executable, "-c", (
-        "import time, optuna; from hpo.storage import open_storage; from hpo.studyfile import WorkerSpec; "
+        "import time, optuna; from hpo.storage import open_storage; from hpo.definition.study_file import WorkerSpec; "
         f"s = open_storage({storage_url!r}, WorkerSpec(heartbeat_interval=1, grace_period=3, max_retry=1)); "
         f"optuna.load_study(study_name={study_name!r}, storage=s).optimize(lambda t: time.sleep(600), n_trials=1)")],
         env=ENV)

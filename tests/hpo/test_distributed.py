@@ -29,11 +29,11 @@ import torch
 from optuna.trial import TrialState
 
 from hpo.errors import HPOError
-from hpo.launcher import device_slots
-from hpo.consistency import check_consistency
+from hpo.running.launcher import device_slots
+from hpo.results.consistency import check_consistency
 from hpo.storage import open_storage
-from hpo.studyfile import load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import POSTGRES_URL
 from tests.hpo.relay import Relay
 from tests.hpo.studyfiles import write_study
@@ -197,8 +197,8 @@ def test_a_trial_interrupted_as_it_starts_is_requeued(tmp_path, tiny_cifar, stor
 
 KILLED_AS_A_TRIAL_STARTS = """
 import os, signal, sys, optuna
-from hpo.studyfile import load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 def die(self, study, trial):
     if trial.number == 1:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -276,9 +276,9 @@ def test_a_worker_that_loses_its_database_for_good_stops_with_one_clear_error(tm
                                                                               pg_relay, study_name, monkeypatch):
     """Past the reconnect window (shortened here to 1 s) the worker gives up with a StorageError naming the
     database, not with optuna's "invalid data in the commit" or an UnboundLocalError from inside optuna."""
-    import hpo.storage
+    import hpo.storage.optuna_internals
 
-    monkeypatch.setattr(hpo.storage, "RECONNECT_WINDOW_S", 1)
+    monkeypatch.setattr(hpo.storage.optuna_internals, "RECONNECT_WINDOW_S", 1)
     relay, url = pg_relay
     spec = load_study_file(write_study(tmp_path, study_name, url, budget={"epochs": 50}))
     first_epoch = lambda: any(t.user_attrs.get("curve") for t in trials_of(pg_url, study_name))  # noqa: E731

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-import hpo.export
+import hpo.results.export
 from cifarnet.data import load_cifar10, make_splits
 from cifarnet.train import RunOptions, evaluate, load_checkpoint, train
-from hpo.export import TOLERANCE, ExportError, export_model, load_run_model
-from hpo.retrain import save_weights
+from hpo.results.export import TOLERANCE, ExportError, export_model, load_run_model
+from cifarnet.weights import save_weights
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -111,7 +111,7 @@ def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_ci
 
 
 def test_failed_export_check_leaves_no_files(runs, tmp_path, monkeypatch):
-    monkeypatch.setattr(hpo.export, "TOLERANCE", 0.0)  # no difference is below 0: the check must fail
+    monkeypatch.setattr(hpo.results.export, "TOLERANCE", 0.0)  # no difference is below 0: the check must fail
     out = tmp_path / "exported" / "model.onnx"
     out.parent.mkdir()
     with pytest.raises(ExportError, match="differs from PyTorch .* nothing written"):

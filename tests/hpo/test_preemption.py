@@ -1,4 +1,4 @@
-"""Preemption-safe trials (hpo.checkpoints) on the real PostgreSQL and a real SQLite file: a trial whose worker
+"""Preemption-safe trials (hpo.running.checkpoints) on the real PostgreSQL and a real SQLite file: a trial whose worker
 is SIGKILLed at epoch k continues at epoch k in its re-run and ends with exactly the metrics of an uninterrupted
 run (CPU, fp32, one thread); finished trials' checkpoints are removed or kept as the study file says."""
 
@@ -16,10 +16,10 @@ import pytest
 from optuna.trial import TrialState
 
 from cifarnet.train import load_checkpoint
-from hpo.checkpoints import relative_path
-from hpo.consistency import check_consistency
-from hpo.studyfile import load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.running.checkpoints import relative_path
+from hpo.results.consistency import check_consistency
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
 from tests.hpo.test_distributed import pg_url, storage_for, trials_of, wait_for  # noqa: F401  (pg_url: fixture)

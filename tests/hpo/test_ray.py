@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from hpo.ray_workers import RayOptions, slots
+from hpo.running.ray_workers import RayOptions, slots
 from tests.conftest import REPO
 from tests.hpo.studyfiles import write_study
 from tests.hpo.test_distributed import pg_url, trials_of  # noqa: F401  (pg_url: fixture)

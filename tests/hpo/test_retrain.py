@@ -1,6 +1,6 @@
 """Retraining a study's trial: exact config replay, stop at target, resume after a kill, artifacts, CLI errors.
 
-The study under test is a real one, run by the study service (`hpo.worker.start_study`, what `hpo study start`
+The study under test is a real one, run by the study service (`hpo.running.worker.start_study`, what `hpo study start`
 calls) on the tiny CIFAR set: its trials carry the user_attrs the objective writes and the study its
 "study_file", so retrain is tested against exactly what a search leaves in storage.
 """
@@ -22,11 +22,11 @@ from optuna.trial import TrialState
 from cifarnet.config import TrainConfig, load_run_file, to_toml
 from cifarnet.train import load_checkpoint
 from hpo.commands.retrain import describe_result
-from hpo.paths import resolve_artifact_dir
-from hpo.retrain import RetrainError, RetrainOptions, prepare_retrain, retrain_best
-from hpo.retrains import retrain_records
-from hpo.studyfile import load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.definition.paths import resolve_artifact_dir
+from hpo.results.retrain import RetrainError, RetrainOptions, prepare_retrain, retrain_best
+from hpo.results.retrain_records import retrain_records
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import TINY_DATA, TINY_TRAIN
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -337,7 +337,7 @@ def test_failed_retrain_is_recorded_as_failed_with_its_reason(sqlite_study, tiny
 
 def test_adamw_ema_retrain_resumes_and_exports_from_weights_only_files(tmp_path, study_name, tiny_cifar):
     """With test_export's runs and tests/cifarnet's resume test: every optimizer/EMA combination's files load."""
-    from hpo.export import export_model
+    from hpo.results.export import export_model
 
     url = f"sqlite:///{tmp_path / 'study.db'}"
     text = STUDY_TOML.format(name=study_name, url=url, n_trials=1, root=tmp_path)
@@ -389,7 +389,7 @@ def test_ctrl_c_in_retrain_is_one_error_line_and_resume_continues_its_record(sql
             break
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
-    assert err.startswith("error: interrupted: ") and err.count("\n") == 1 and "--resume" in err
+    assert err.startswith("interrupted: ") and err.count("\n") == 1 and "--resume" in err
     [record] = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
     assert record["status"] == "interrupted"
     changed = subprocess.run([*args[:8], "2", *args[9:], "--resume"], capture_output=True, text=True, timeout=120,

@@ -12,8 +12,8 @@ from pathlib import Path
 import optuna
 import pytest
 
-from hpo.packing import Machine, choose_workers
-from hpo.replay import PRUNERS, replay, replay_order, replay_pruners
+from hpo.running.packing import Machine, choose_workers
+from benchmarks.pruner_replay import PRUNERS, replay, replay_order, replay_pruners
 
 REPO = Path(__file__).resolve().parents[2]
 FLAT = [0.5, 0.5, 0.5, 0.5]

@@ -15,10 +15,10 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 
 from cifarnet.redact import hide_password, hide_passwords
-from hpo.retrains import retrain_records
+from hpo.results.retrain_records import retrain_records
 from hpo.storage import display_url
-from hpo.studyfile import load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.definition.study_file import load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import POSTGRES_URL
 from tests.hpo.test_retrain import STUDY_TOML
 

@@ -15,12 +15,13 @@ import pytest
 from optuna.trial import TrialState
 
 from hpo.errors import HPOError
-from hpo.objective import STOP_REASON, EpochReporter
+from hpo.running.objective import STOP_REASON, EpochReporter
 from hpo.storage import open_storage
-from hpo.paths import resolve_artifact_dir
-from hpo.study import baseline_params, create_or_resume, list_studies, request_stop
-from hpo.studyfile import StudySpec, load_study_file
-from hpo.worker import WorkerOptions, start_study
+from hpo.definition.paths import resolve_artifact_dir
+from hpo.running.study import baseline_params, create_or_resume, request_stop
+from hpo.results.records import list_studies
+from hpo.definition.study_file import StudySpec, load_study_file
+from hpo.running.worker import WorkerOptions, start_study
 from tests.hpo.studyfiles import write_study
 
 TRIAL_ATTRS = {"config", "data", "params_count", "macs", "receptive_field", "epoch_times", "device", "curve"}
@@ -67,7 +68,7 @@ def test_seed_trial_is_trial_0_and_resume_adds_trials(tmp_path, tiny_cifar, stor
     assert seed.value == max(m["val_acc"] for m in seed.user_attrs["curve"])
     study = optuna.load_study(study_name=spec.name, storage=storage_for(storage_url))
     assert study.user_attrs["study_file"] == spec.raw and study.user_attrs["target_accuracy"] == 0.2
-    # Stored relative to a SQLite database's folder (hpo.paths), so a copied database finds its artifacts.
+    # Stored relative to a SQLite database's folder (hpo.definition.paths), so a copied database finds its artifacts.
     assert resolve_artifact_dir(study.user_attrs["artifact_dir"], storage_url) == Path(spec.artifact_dir)
 
     before = [(t.number, t.state, t.params, t.value) for t in trials]

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from hpo.errors import StudyFileError
-from hpo.space import MODEL_PARAMS, Choice, apply_params, params_range
-from hpo.studyfile import check_size_budget, load_study_file, spec_from_dict, to_toml
+from hpo.definition.space import MODEL_PARAMS, Choice, apply_params, params_range
+from hpo.definition.study_file import check_size_budget, load_study_file, spec_from_dict, to_toml
 from tests.hpo.studyfiles import TINY_STUDY, write_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
@@ -135,7 +135,7 @@ def test_committed_quick_study_resumes_only_with_its_own_file(tmp_path):
     import optuna
 
     from hpo.errors import HPOError
-    from hpo.study import check_same_search
+    from hpo.running.study import check_same_search
 
     db = tmp_path / "quick.db"
     shutil.copy(STUDIES.parent / "results" / "quick" / "hpo.db", db)

@@ -3,10 +3,10 @@ import subprocess
 
 from optuna.trial import TrialState
 
-from hpo.study import load_study
-from hpo.studyfile import load_study_file
-from hpo.summary import summarize_study
-from hpo.worker import WorkerOptions, start_study
+from hpo.running.study import load_study
+from hpo.definition.study_file import load_study_file
+from hpo.results.summary import summarize_study
+from hpo.running.worker import WorkerOptions, start_study
 from tests.hpo.studyfiles import write_study
 
 

@@ -18,8 +18,8 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-import hpo.storage
-from hpo.consistency import check_consistency
+import hpo.storage.opening
+from hpo.results.consistency import check_consistency
 from hpo.storage import open_storage
 from tests.hpo.studyfiles import write_study
 
@@ -91,7 +91,7 @@ def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path
     as a worker opens them, inside a transaction that locked the running trial 0 as a worker's epoch report
     does, then left. The server ends it after STALLED_TRANSACTION_S (2 s here), and `hpo study join` fails and
     re-runs trial 0. Before, the join waited on that lock for ever."""
-    monkeypatch.setattr(hpo.storage, "STALLED_TRANSACTION_S", 2)
+    monkeypatch.setattr(hpo.storage.opening, "STALLED_TRANSACTION_S", 2)
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 6}, workers={"grace_period": 2})
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     dead = hpo_popen("study", "start", str(path), "--n-trials", "1", *data, cwd=tmp_path)

@@ -70,7 +70,7 @@ def study_artifact_dir(user_attrs: dict, storage_url: str, fallback: str | Path)
 def locate_study(name_or_file: str, storage: str | None) -> tuple[str, str]:
     """(study name, storage URL) from a study NAME or a study TOML: --storage wins, then the file's storage,
     then the default database."""
-    from hpo.studyfile import DEFAULT_STORAGE, load_study_file
+    from hpo.definition.study_file import DEFAULT_STORAGE, load_study_file
 
     if name_or_file.endswith(".toml") or Path(name_or_file).is_file():
         spec = load_study_file(name_or_file, storage=storage)

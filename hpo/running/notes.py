@@ -3,7 +3,7 @@
 `annotate_trial(trial, state, value, artifact_store)` runs once per trial from inside the objective, on the live
 `optuna.Trial` (optuna-dashboard's `save_note` and optuna's `upload_artifact` both want a live trial): the
 worker calls it as the objective ends, when the trial's fate is known. It reads only the trial's user_attrs
-(conventions in hpo.objective). The learning curve itself is optuna-dashboard's own intermediate-value chart.
+(conventions in hpo.running.objective). The learning curve itself is optuna-dashboard's own intermediate-value chart.
 """
 
 from __future__ import annotations

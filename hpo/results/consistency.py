@@ -15,7 +15,7 @@ import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError, StudyFileError
-from hpo.studyfile import spec_from_dict
+from hpo.definition.study_file import spec_from_dict
 
 REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
 RUNNING_HEARTBEATS = sqlalchemy.text(

@@ -74,7 +74,7 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
     except KeyboardInterrupt as e:
         stop.set()
         _interrupt(procs, getattr(e, "signum", signal.SIGINT))
-        e.recorded = all(p.exitcode != UNRECORDED_EXIT for p in procs)  # the same as hpo.worker's, for the CLI
+        e.recorded = all(p.exitcode != UNRECORDED_EXIT for p in procs)  # the same as hpo.running.worker's, for the CLI
         raise
     failed = [_describe_exit(p) for p in procs if p.exitcode]
     if failed:

@@ -1,7 +1,7 @@
 """Preemption-safe trials: every trial checkpoints after each epoch into the study's artifact store, and the
 re-run of a trial whose worker died continues from the last finished epoch instead of from scratch.
 
-How a re-run finds its checkpoint: optuna's `RetryHeartbeatStaleTrialCallback` (and hpo.study's re-queue of
+How a re-run finds its checkpoint: optuna's `RetryHeartbeatStaleTrialCallback` (and hpo.running.study's re-queue of
 interrupted trials) gives the new trial system_attrs "retry_history", the numbers of the earlier attempts.
 Each attempt writes only its own file, `<artifact store>/checkpoints/trial-<number>.pt` (stored on the trial
 as a path relative to the store, user_attr "checkpoint"), so a worker that was only stalled, not dead, can

@@ -6,7 +6,7 @@ What a trial leaves in storage (the conventions retraining and the dashboard rea
   all before training,
   "epoch_times" and "curve" (after every epoch), "pruned_at_epoch" (pruned), "fail_reason" (failed/rejected),
   "checkpoint" (path relative to the artifact store), "resumed_from_trial" and "resumed_at_epoch" (a re-run
-  that continued a dead attempt's checkpoint, see hpo.checkpoints), "placement" (where Ray put the worker),
+  that continued a dead attempt's checkpoint, see hpo.running.checkpoints), "placement" (where Ray put the worker),
   intermediate values step = epoch (1-based) -> val_acc; the value = the best val_acc (maximised).
 
 Over-budget configurations (params > max_params) are PRUNED, not FAILED, before any training, with an
@@ -30,10 +30,10 @@ from cifarnet.data import Splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, precision, resolve_device, train
-from hpo.checkpoints import TrialCheckpoint, relative_path
-from hpo.space import suggest_config
-from hpo.study import INTERRUPTED_REASON, request_stop
-from hpo.studyfile import StudySpec
+from hpo.running.checkpoints import TrialCheckpoint, relative_path
+from hpo.definition.space import suggest_config
+from hpo.running.study import INTERRUPTED_REASON, request_stop
+from hpo.definition.study_file import StudySpec
 
 # Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
 # NaN/inf loss and bad searched configs (CifarNetError), and a too-wide network on a small GPU.
@@ -41,13 +41,13 @@ TRIAL_ERRORS: tuple[type[BaseException], ...] = (CifarNetError, torch.OutOfMemor
 OVER_BUDGET_CONSTRAINT = "params_over_budget"  # > 0: the trial is infeasible (parameters above max_params)
 STOP_REASON = "stopped: another trial reached the study's target accuracy"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
-# Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.ray_workers).
+# Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.running.ray_workers).
 PLACEMENT: dict[str, Any] = {}
 
 
 class Objective:
     """`study.optimize(Objective(spec, splits, opts, store))`; returns the best validation accuracy of a trial.
-    `store` is the study's artifact folder on this machine, where each trial checkpoints (hpo.checkpoints)."""
+    `store` is the study's artifact folder on this machine, where each trial checkpoints (hpo.running.checkpoints)."""
 
     def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path):
         self.spec, self.splits, self.opts, self.store = spec, splits, opts, store
@@ -111,7 +111,7 @@ class EpochReporter:
     """The `report(epoch, metrics)` callback of cifarnet.train.train for one trial.
 
     Stores the curve as it grows (the dashboard shows running trials), reports val_acc for pruning, raises
-    TrialPruned when the pruner says so, and handles the study-wide stop flag (see hpo.study).
+    TrialPruned when the pruner says so, and handles the study-wide stop flag (see hpo.running.study).
     """
 
     def __init__(self, trial: optuna.Trial, spec: StudySpec):

@@ -12,7 +12,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.hardware import now_iso
 from hpo.storage import display_url
-from hpo.study import best_completed, best_record, count_states, load_spec, load_study, seed_baseline
+from hpo.running.study import load_spec, load_study, seed_baseline
+from hpo.results.records import best_completed, best_record, count_states
 
 
 def summarize_study(storage_url: str, name: str) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Studies on SQL storage: create or resume, the baseline trial, the stop flag, and the records the CLI prints.
+"""Studies on SQL storage: create or resume, the baseline trial, the stop flag; loading a study and its spec.
 
 A study created here carries everything needed to continue or inspect it from storage alone:
 study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artifact_dir", "stop_requested",
@@ -7,9 +7,7 @@ study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artif
 
 from __future__ import annotations
 
-import time
 import warnings
-from dataclasses import dataclass
 from typing import Any
 
 import numpy
@@ -17,15 +15,15 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.errors import HPOError, StorageError
-from hpo.paths import stored_artifact_dir
-from hpo.space import Choice, SearchSpace, seed_params
-from hpo.storage import display_url, is_locked, open_existing_storage, open_storage
-from hpo.studyfile import StudySpec, spec_from_dict
+from hpo.definition.paths import stored_artifact_dir
+from hpo.definition.space import Choice, SearchSpace, seed_params
+from hpo.storage import Backoff, display_url, is_locked, open_existing_storage, open_storage, retry
+from hpo.definition.study_file import StudySpec, spec_from_dict
 
 # Study-file tables that define what a trial means; resuming with any of them changed would mix
 # incomparable trials in one study, so it is refused. Everything else (trials, sampler, ...) may change.
 IDENTITY_TABLES = ("space", "budget", "train")
-LOCK_RETRIES = 8
+LOCKED_BACKOFF = Backoff(first=0.2, longest=25.6, tries=8)
 OBJECTIVE_NAME = "val_acc"  # what optuna-dashboard calls the objective value
 INTERRUPTED_REASON = "interrupted"  # fail_reason of a trial stopped by Ctrl-C; it is re-queued
 KEPT_ON_RETRY = ("seed_baseline", "seed_moved_into_space")  # user_attrs a re-queued trial inherits
@@ -168,16 +166,8 @@ def clear_stop(study: optuna.Study) -> None:
 
 
 def with_lock_retry(fn):
-    """Run `fn`, retrying while SQLite reports "database is locked" (the busy timeout ran out under load)."""
-    for attempt in range(LOCK_RETRIES):
-        try:
-            return fn()
-        except Exception as e:  # optuna wraps SQLAlchemy's error in StorageInternalError
-            cause = e.__cause__ or e.__context__ or e
-            if attempt + 1 == LOCK_RETRIES or not (is_locked(e) or is_locked(cause)):
-                raise
-            time.sleep(0.2 * 2**attempt)
-    raise AssertionError("unreachable")
+    """Run `fn`, retrying while SQLite reports the database locked (the busy timeout ran out under load)."""
+    return retry(fn, is_locked, LOCKED_BACKOFF)
 
 
 def load_study(storage_url: str, name: str, read_only: bool = False,
@@ -202,89 +192,3 @@ def load_spec(study: optuna.Study) -> StudySpec:
     if raw is None:
         raise HPOError(f"study {study.study_name!r} has no study file: it was not created by hpo")
     return spec_from_dict(raw)
-
-
-@dataclass(frozen=True)
-class StudyRow:
-    name: str
-    trials: int
-    best_value: float | None
-    started: str  # ISO time of the first trial, "" when none ran
-
-
-def list_studies(storage_url: str) -> list[StudyRow]:
-    storage = open_existing_storage(storage_url, read_only=True)  # a mistyped path must not leave an empty hpo.db
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # summaries of studies other tools created may warn
-        summaries = optuna.get_all_study_summaries(storage, include_best_trial=True)
-    return [StudyRow(s.study_name, s.n_trials, s.best_trial.value if s.best_trial else None,
-                     s.datetime_start.isoformat(timespec="seconds") if s.datetime_start else "")
-            for s in sorted(summaries, key=lambda s: s.study_name)]
-
-
-def count_states(trials: list[FrozenTrial]) -> dict[str, int]:
-    counts = {s.name.lower(): 0 for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL,
-                                          TrialState.RUNNING, TrialState.WAITING)}
-    for t in trials:
-        counts[t.state.name.lower()] += 1
-    return counts
-
-
-def best_completed(trials: list[FrozenTrial]) -> FrozenTrial | None:
-    done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-    return max(done, key=lambda t: (t.value, -t.number)) if done else None
-
-
-@dataclass(frozen=True)
-class StudyStatus:
-    name: str
-    storage: str  # password hidden
-    counts: dict[str, int]  # complete, pruned, fail, running, waiting
-    best: dict[str, Any] | None  # best_record() of the best completed trial
-    target_accuracy: float | None
-    stop_requested: bool
-    stop_reason: str
-    failures: list[tuple[int, str]]  # (trial number, why) of failed and rejected trials
-
-
-def study_status(storage_url: str, name: str) -> StudyStatus:
-    study = load_study(storage_url, name, read_only=True)
-    trials = study.get_trials(deepcopy=False)
-    best = best_completed(trials)
-    attrs = study.user_attrs
-    failures = [(t.number, fail_reason(t, by_hpo="study_file" in attrs)) for t in trials
-                if t.state == TrialState.FAIL or "fail_reason" in t.user_attrs]
-    return StudyStatus(name, display_url(storage_url), count_states(trials), best and best_record(study, best),
-                       attrs.get("target_accuracy"), bool(attrs.get("stop_requested")),
-                       attrs.get("stop_reason", "") if attrs.get("stop_requested") else "", failures)
-
-
-def fail_reason(trial: FrozenTrial, by_hpo: bool = True) -> str:
-    """Why a trial failed or was rejected. hpo's objective records a reason for every failure it sees, so in a
-    study hpo runs a FAIL without one is a worker that died mid-trial; a study of plain optuna records none."""
-    if "fail_reason" in trial.user_attrs:
-        return trial.user_attrs["fail_reason"]
-    if trial.state == TrialState.FAIL:
-        return "worker lost (no heartbeat); re-queued when retries were left" if by_hpo else "no reason recorded"
-    return ""
-
-
-def best_trial_record(storage_url: str, name: str) -> dict[str, Any]:
-    """The best completed trial as a JSON-ready dict (`hpo study best`)."""
-    study = load_study(storage_url, name, read_only=True)
-    best = best_completed(study.get_trials(deepcopy=False))
-    if best is None:
-        raise HPOError(f"study {name!r} has no completed trial yet")
-    return best_record(study, best)
-
-
-def best_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
-    attrs = trial.user_attrs
-    duration = trial.duration.total_seconds() if trial.duration else None
-    return {
-        "study": study.study_name, "trial": trial.number, "val_acc": trial.value, "params": trial.params,
-        "params_count": attrs.get("params_count"), "macs": attrs.get("macs"),
-        "receptive_field": attrs.get("receptive_field"), "epochs": len(attrs.get("curve", [])),
-        "duration_s": duration, "device": attrs.get("device"), "seed_baseline": bool(attrs.get("seed_baseline")),
-        "config": attrs.get("config"),
-    }

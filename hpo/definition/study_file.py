@@ -34,8 +34,8 @@ from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, tom
 from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
-from hpo.paths import resolve_sqlite_url
-from hpo.space import Choice, SearchSpace, apply_params, params_range, parse_space
+from hpo.definition.paths import resolve_sqlite_url
+from hpo.definition.space import Choice, SearchSpace, apply_params, params_range, parse_space
 
 DEFAULT_STORAGE = "sqlite:///hpo.db"
 
@@ -59,7 +59,7 @@ WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int,
 # Options that may be 0; every other number in a study file must be > 0.
 ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
 # Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
-# stays below 2**31 so seed + worker index (hpo.study.build_sampler) is still a valid 32-bit numpy seed.
+# stays below 2**31 so seed + worker index (hpo.running.study.build_sampler) is still a valid 32-bit numpy seed.
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set, validation split included
 UPPER = {
     "trials": 1_000_000, "timeout": 366 * 86_400.0, "target_accuracy": 1.0, "max_params": 10**9,
@@ -95,7 +95,7 @@ class WorkerSpec:
     grace_period: int = 60
     # How many times one dead trial is re-run before it stays failed.
     max_retry: int = 2
-    # Keep finished trials' per-epoch checkpoints (hpo.checkpoints); by default they are removed, so a long
+    # Keep finished trials' per-epoch checkpoints (hpo.running.checkpoints); by default they are removed, so a long
     # study does not fill the disk.
     keep_checkpoints: bool = False
 
@@ -336,7 +336,7 @@ def check_size_budget(spec: StudySpec) -> tuple[int, int]:
 
 
 def _relative_to_file(study: dict[str, Any], folder: Path) -> None:
-    """Paths written in a study file are relative to its folder (hpo.paths), not to the current one."""
+    """Paths written in a study file are relative to its folder (hpo.definition.paths), not to the current one."""
     try:
         if isinstance(study.get("storage"), str):
             study["storage"] = resolve_sqlite_url(study["storage"], folder)

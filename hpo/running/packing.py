@@ -1,7 +1,8 @@
 """`--workers auto`: how many trials to run at once on this machine, from measured trial packing.
 
 benchmarks/packing.py measures aggregate trials per hour for K concurrent trials (K local worker processes on
-the CPU, or K trials per GPU) and writes results/packing.json. `choose_workers` picks the K with the most
+the CPU, or K trials per GPU) and writes results/packing.json, and the same file beside this module as package
+data (an installed package has no results/ folder). `choose_workers` picks the K with the most
 trials per hour among the measurements taken on a machine like this one (same device kind and core count;
 for GPUs the same GPU model), and falls back to one trial per device when nothing matches: running several
 at once is only worth it where a measurement shows it.
@@ -14,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-PACKING_RESULTS = Path(__file__).resolve().parents[1] / "results" / "packing.json"
+PACKING_RESULTS = Path(__file__).with_name("packing.json")
 
 
 @dataclass(frozen=True)
@@ -25,18 +26,18 @@ class Machine:
 
 
 @dataclass(frozen=True)
-class Choice:
+class WorkerChoice:
     workers: int  # concurrent trials per device (CPU: local worker processes)
     reason: str
 
 
-def choose_workers(measurements: Iterable[dict[str, Any]], machine: Machine) -> Choice:
+def choose_workers(measurements: Iterable[dict[str, Any]], machine: Machine) -> WorkerChoice:
     """The concurrency with the most trials per hour measured on a matching machine, else 1."""
     matching = [m for m in measurements if _matches(m, machine)]
     if not matching:
-        return Choice(1, f"no packing measurement for {_describe(machine)}: 1 trial per device")
+        return WorkerChoice(1, f"no packing measurement for {_describe(machine)}: 1 trial per device")
     best = max(matching, key=lambda m: (m["trials_per_hour"], -m["concurrent"]))
-    return Choice(int(best["concurrent"]), f"{best['concurrent']} concurrent trials: "
+    return WorkerChoice(int(best["concurrent"]), f"{best['concurrent']} concurrent trials: "
                   f"{best['trials_per_hour']:.0f} trials/h measured on {_describe(machine)} "
                   f"({best.get('date', 'undated')})")
 
@@ -57,7 +58,7 @@ def this_machine(device: str) -> Machine:
     """The machine `device` ("cpu", "auto", "cuda", "cuda:N") runs on."""
     import torch
 
-    from hpo.worker import usable_cores
+    from hpo.running.worker import usable_cores
 
     cores = usable_cores()
     if device != "cpu" and torch.cuda.is_available():
@@ -66,12 +67,12 @@ def this_machine(device: str) -> Machine:
 
 
 def load_measurements(path: Path = PACKING_RESULTS) -> list[dict[str, Any]]:
-    """The `runs` of a packing results file; none when the file is missing (e.g. a non-editable install)."""
+    """The `runs` of a packing results file; none when the file is missing or unreadable."""
     try:
         return list(json.loads(Path(path).read_text()).get("runs", []))
     except (OSError, ValueError):
         return []
 
 
-def auto_workers(device: str, path: Path = PACKING_RESULTS) -> Choice:
+def auto_workers(device: str, path: Path = PACKING_RESULTS) -> WorkerChoice:
     return choose_workers(load_measurements(path), this_machine(device))

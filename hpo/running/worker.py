@@ -29,16 +29,15 @@ from optuna.trial import FrozenTrial, TrialState
 from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
 from cifarnet.train import RunOptions
 from hpo.errors import HPOError, StorageError, first_line
-from hpo.launcher import check_device, run_processes
-from hpo.notes import annotate_trial
-from hpo.objective import TRIAL_ERRORS, Objective
-from hpo.paths import study_artifact_dir
+from hpo.running.launcher import check_device, run_processes
+from hpo.running.notes import annotate_trial
+from hpo.running.objective import TRIAL_ERRORS, Objective
+from hpo.definition.paths import study_artifact_dir
 from hpo.storage import RECONNECT_WINDOW_S, database_failure, display_url, heartbeat_enabled, interrupt_received, \
     interrupts_between_storage_calls, is_connection_lost, is_transient, open_existing_storage, open_storage
-from hpo.study import (INTERRUPTED_REASON, StudyStatus, best_completed, build_pruner, build_sampler,
-                       check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested,
-                       study_status)
-from hpo.studyfile import StudySpec, check_size_budget
+from hpo.running.study import INTERRUPTED_REASON, build_pruner, build_sampler, check_same_search, clear_stop, create_or_resume, requeue_interrupted, stop_requested
+from hpo.results.records import StudyStatus, best_completed, study_status
+from hpo.definition.study_file import StudySpec, check_size_budget
 
 _log = logging.getLogger(__name__)
 TRANSIENT_PAUSE_S = 2.0  # back-off after the database was locked past its busy timeout or dropped a connection

@@ -26,7 +26,7 @@ from cifarnet.files import output_file, write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
-from hpo.retrain import eval_weights
+from cifarnet.weights import eval_weights
 
 FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
 WEIGHTS = ("best", "final")

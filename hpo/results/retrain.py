@@ -1,14 +1,14 @@
 """Retrain a study's best (or a chosen) trial on all training images until it reaches a target test accuracy.
 
 What is retrained is exactly what was searched: the config is rebuilt by the search's own mapping
-(`hpo.space.suggest_config` replaying the trial's parameters through `optuna.trial.FixedTrial`) from the base
+(`hpo.definition.space.suggest_config` replaying the trial's parameters through `optuna.trial.FixedTrial`) from the base
 recipe stored in the study itself, and checked against the config the trial recorded. Only the budget differs:
 the LR schedule is sized for `max_epochs` (epochs = max_epochs), and the target only stops training at the first
 epoch whose test accuracy reaches it; it changes nothing in the schedule.
 
 The run folder holds final and best weights, config.toml, metrics (JSON and CSV), a learning-curve plot and a
 checkpoint written after every epoch, so an interrupted retrain resumes from its last finished epoch and ends
-where an uninterrupted one would. The outcome is recorded on the study as its own record (hpo.retrains: one
+where an uninterrupted one would. The outcome is recorded on the study as its own record (hpo.results.retrain_records: one
 user_attr per run, so a short test retrain never replaces an earlier one) and the files go to the study's
 optuna artifact store.
 """
@@ -34,20 +34,20 @@ from cifarnet.files import write_atomic, write_json_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
 from cifarnet.run import check_resumable, train_to_dir
-from cifarnet.train import Report, RunOptions, load_checkpoint, save_atomic
+from cifarnet.train import Report, RunOptions, load_checkpoint
+from cifarnet.weights import save_weights
 from hpo.errors import HPOError
-from hpo.paths import locate_study, stored_artifact_dir, study_artifact_dir
-from hpo.retrains import new_record_key, retrain_records
-from hpo.plots import learning_curve_figure
-from hpo.space import suggest_config
-from hpo.study import load_study
-from hpo.studyfile import StudySpec, spec_from_dict
+from hpo.definition.paths import locate_study, stored_artifact_dir, study_artifact_dir
+from hpo.results.retrain_records import new_record_key, retrain_records
+from hpo.results.plots import learning_curve_figure
+from hpo.definition.space import suggest_config
+from hpo.running.study import load_study
+from hpo.definition.study_file import StudySpec, spec_from_dict
 
 DEFAULT_TARGET = 0.85  # test accuracy
 DEFAULT_MAX_EPOCHS = 30
 REPLAY_FREE = ("epochs", "seed")  # the only fields a retrain may change relative to the searched trial
 ARTIFACT_FILES = ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv", "learning_curve.html")
-WEIGHTS_FORMAT = 1
 
 
 class RetrainError(HPOError):
@@ -56,7 +56,7 @@ class RetrainError(HPOError):
 
 @dataclass(frozen=True)
 class RetrainOptions:
-    storage: str | None = None  # storage URL; default: the study file's, else hpo.studyfile.DEFAULT_STORAGE
+    storage: str | None = None  # storage URL; default: the study file's, else hpo.definition.study_file.DEFAULT_STORAGE
     trial: int | None = None  # trial number; None = the study's best trial
     # Test accuracy to stop at. Not the study's target_accuracy: that one is a validation accuracy after the
     # short per-trial budget, this one is the final figure on the 10k test set.
@@ -114,7 +114,7 @@ class RetrainResult:
     schedule: str
     artifacts: dict[str, str] = field(default_factory=dict)  # file name -> optuna artifact id
     artifact_dir: str = ""
-    record_key: str = ""  # the study user_attr holding this run's record (hpo.retrains)
+    record_key: str = ""  # the study user_attr holding this run's record (hpo.results.retrain_records)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -228,7 +228,7 @@ def run_retrain(plan: RetrainPlan, report: Report | None = None) -> RetrainResul
                               "record_key": key})
     write_json_atomic(result.to_dict(), plan.out / "retrain.json")
     curve = {m: [h.get(m) for h in history] for m in ("test_acc", "train_acc")}
-    # Both folders as the study stores paths (hpo.paths): relative to a SQLite database's folder, so another
+    # Both folders as the study stores paths (hpo.definition.paths): relative to a SQLite database's folder, so another
     # machine (the dashboard's, a worker's) finds them in its copy of the shared store.
     plan.study.set_user_attr(key, {**result.to_dict(), "run_dir": run_dir, "started": started, "finished": now_iso(),
                                    "artifact_dir": stored_artifact_dir(plan.artifact_dir, plan.storage_url),
@@ -270,21 +270,6 @@ def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[
 
 def _is_done(history: list[dict[str, Any]], target: float, epochs: int) -> bool:
     return len(history) >= epochs or any(h["test_acc"] >= target for h in history)
-
-
-def eval_weights(state: dict[str, Any]) -> dict[str, Any]:
-    """The weights a checkpoint was evaluated with: the EMA's when the run used one, else the model's."""
-    if state.get("ema") is None:
-        return state["model"]
-    prefix = "module."  # torch.optim.swa_utils.AveragedModel keeps the averaged copy under .module
-    return {k[len(prefix):]: v for k, v in state["ema"].items() if k.startswith(prefix)}
-
-
-def save_weights(state: dict[str, Any], path: Path) -> None:
-    """A deployable weights file: config + evaluated state_dict of the checkpoint's last epoch."""
-    last = state["history"][-1]
-    save_atomic({"format": WEIGHTS_FORMAT, "config": state["config"], "state_dict": eval_weights(state),
-                 "epoch": last["epoch"], "test_acc": last["test_acc"]}, path)
 
 
 def save_best_weights(state: dict[str, Any], out: Path) -> None:

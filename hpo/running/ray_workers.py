@@ -1,7 +1,7 @@
 """Workers on a Ray cluster: `hpo study start STUDY.toml --ray ADDRESS` and `hpo study join STUDY.toml --ray ADDRESS`.
 
 Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays the only source of truth:
-- One Ray task per worker slot, each running hpo.worker.run_worker: the same trial loop as a local worker, on
+- One Ray task per worker slot, each running hpo.running.worker.run_worker: the same trial loop as a local worker, on
   the same storage. A task asks for `cpus_per_worker` CPUs (its torch threads) and, on a cluster with GPUs,
   1/`trials_per_gpu` of a GPU, so Ray packs several small trials onto one GPU and sets each task's
   CUDA_VISIBLE_DEVICES; the SPREAD strategy puts the tasks on as many nodes as it can. Every trial records
@@ -10,7 +10,7 @@ Ray places the work; the study's storage (PostgreSQL, or the gRPC proxy) stays t
 - A node that dies takes its tasks with it: Ray runs each again elsewhere (max_retries), and the new task
   rejoins the run under the budget stored on the study. The trial the dead task was running keeps a stale
   heartbeat; the next worker that looks fails it and runs the re-queued copy, which continues from the dead
-  attempt's last checkpoint (hpo.checkpoints) in the study's artifact store, a folder every node must see
+  attempt's last checkpoint (hpo.running.checkpoints) in the study's artifact store, a folder every node must see
   at the same path.
 - Progress lines: each worker prints its one line per trial; Ray forwards workers' output to the driver, every
   line (its log deduplication is off unless RAY_DEDUP_LOGS is set), without colour codes when piped to a file.
@@ -32,9 +32,9 @@ from types import ModuleType
 from typing import Any
 
 from hpo.errors import HPOError, first_line
-from hpo.study import StudyStatus, study_status
-from hpo.studyfile import StudySpec, check_size_budget
-from hpo.worker import WorkerOptions, begin_run, run_worker
+from hpo.results.records import StudyStatus, study_status
+from hpo.definition.study_file import StudySpec, check_size_budget
+from hpo.running.worker import WorkerOptions, begin_run, run_worker
 
 RAY_EXTRA_HINT = "pip install -e '.[ray]'"
 # Runs of one worker task after its node died. A worker keeps no state of its own (the storage has it all),
