@@ -9,7 +9,7 @@ as the study itself reports it). Then it summarises (see `analyse`):
 
   headline  compute (epochs trained) each strategy needs to reach the final best of random search without
             pruning, as a ratio to what random needed, paired by seed; median over seeds and the spread
-  replay    the pruners replayed over the unpruned arms' learning curves (pruner_replay): epochs saved against
+  replay    the pruners replayed over the unpruned arms' learning curves (benchmarks/pruner_replay.py): epochs saved against
             the probability that the top-1 / top-3 trial survives
 
     python benchmarks/search.py --data-dir ../shared/data/cifar10                  # ~1.5 h on 2 cores
@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 import tomllib
@@ -34,6 +33,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from benchmarks.charts import save_chart  # noqa: E402
 
 # Strategy name -> (sampler table, pruner table). The TPE settings are studies/quick.toml's; the pruners are
 # scaled to the 4-epoch budget (median prunes from epoch 2 on, after 5 finished trials, as quick.toml
@@ -91,7 +92,7 @@ def analyse(records: dict[tuple[str, int], dict[str, Any]], budget_epochs: int) 
     """Headline ratios per strategy (hpo.results.efficiency.compare_strategies: paired by seed with random, and over
     every seed pair) and the pruner replay."""
     from hpo.results.efficiency import compare_strategies
-    from pruner_replay import PRUNERS, replay_pruners
+    from benchmarks.pruner_replay import PRUNERS, replay_pruners
 
     out: dict[str, Any] = {"strategies": compare_strategies(records)}
     curves = [[row["val_curve"] for row in rec["trials"] if row["state"] == "COMPLETE"
@@ -112,18 +113,7 @@ def chart(records: dict[tuple[str, int], dict[str, Any]], out: Path, png: bool =
     fig = strategy_figure(records)
     fig.update_layout(title="Best validation accuracy so far against epochs trained (one line per seed)",
                       template="plotly_white", width=1000, height=600)
-    html = out / "anytime.html"
-    fig.write_html(html, include_plotlyjs=True)
-    if not png:
-        return
-    png = out / "anytime.png"
-    browser = next((b for b in ("/usr/bin/chromium", "/usr/bin/chromium-browser") if Path(b).exists()), None)
-    if browser:
-        subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={png}",
-                        "--window-size=1040,640", "--hide-scrollbars", "--virtual-time-budget=5000",
-                        html.resolve().as_uri()], check=False, capture_output=True, timeout=120)
-    else:
-        print("no chromium: anytime.png not drawn (.ci/browser-deps installs it)", file=sys.stderr)
+    save_chart(fig, out / "anytime", png=png)
 
 
 def main(argv: list[str] | None = None) -> None:
