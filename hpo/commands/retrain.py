@@ -65,9 +65,11 @@ def retrain_cmd(
 
 
 def describe_plan(plan: Any) -> str:
+    from hpo.results.records import printable_lines
+
     value = f"{plan.trial.value:.4f}" if plan.trial.value is not None else "n/a"
     resuming = plan.options.resume and (plan.out / "checkpoint.pt").exists()
-    return "\n".join([
+    return printable_lines([
         f"retraining trial {plan.trial.number} of study {plan.study.study_name!r} (search val_acc {value}) "
         f"on all training images, test accuracy after every epoch",
         f"params: {plan.trial.params}",

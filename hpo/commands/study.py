@@ -236,19 +236,21 @@ def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
     """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
     from hpo.results.consistency import check_consistency
     from hpo.errors import HPOError
+    from hpo.results.records import printable
     from hpo.storage import open_existing_storage
 
     name, url = locate_study(name, storage)
     problems = check_consistency(open_existing_storage(url, read_only=True), name)
-    if problems:
-        raise HPOError(f"study {name!r} is inconsistent: " + "; ".join(problems))
-    typer.echo(f"study {name}: consistent")
+    if problems:  # the problems quote trial attrs: escaped, so the error stays one line
+        raise HPOError(printable(f"study {name!r} is inconsistent: " + "; ".join(problems)))
+    typer.echo(printable(f"study {name}: consistent"))
 
 
 # ---- text of the records above ----
 
 def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, Any]] = (),
                   reference: dict[str, Any] | None = None) -> str:
+    from hpo.results.records import printable_lines
     from hpo.results.retrain_records import describe_record
 
     c = status.counts
@@ -270,23 +272,27 @@ def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, A
     for r in retrains:
         mark = " <- reference" if reference is not None and r["key"] == reference["key"] else ""
         lines.append(f"retrain {describe_record(r)}{mark}")
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 def format_best(record: dict[str, Any]) -> str:
+    from hpo.results.records import printable, printable_lines
+
     rows = {k: v for k, v in record.items() if k not in ("config", "params")}
-    rows.update({f"param {k}": v for k, v in record["params"].items()})
+    rows.update({f"param {printable(k)}": v for k, v in record["params"].items()})
     width = max(map(len, rows))
-    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows.items())
+    return printable_lines([f"{k:<{width}}  {v}" for k, v in rows.items()])
 
 
 def format_list(rows: list[dict[str, Any]]) -> str:
+    from hpo.results.records import printable
+
     if not rows:
         return "no studies"
     lines = [f"{'study':<30} {'trials':>6}  {'best val_acc':<12}  started"]
     for r in rows:
         best = f"{r['best_value']:.4f}" if r["best_value"] is not None else "-"
-        lines.append(f"{r['name']:<30} {r['trials']:>6}  {best:<12}  {r['started'] or '-'}")
+        lines.append(f"{printable(r['name']):<30} {r['trials']:>6}  {best:<12}  {r['started'] or '-'}")
     return "\n".join(lines)
 
 
@@ -331,6 +337,8 @@ def format_spec(d: dict[str, Any]) -> str:
 
 def format_summary(s: dict[str, Any]) -> str:
     """`hpo study summary`; every figure may be missing while no trial has finished."""
+    from hpo.results.records import printable_lines
+
     best, trials = s["best"], s["trials"]
     lines = [
         f"study {s['study']} ({s['storage']}): {trials['complete']} complete, {trials['pruned']} pruned "
@@ -348,4 +356,4 @@ def format_summary(s: dict[str, Any]) -> str:
         lines.append("best: none yet (no complete trial)")
     if s["baseline"] and s["baseline"]["val_acc"] is not None:
         lines.append(f"baseline (original CifarNet, trial {s['baseline']['trial']}): val_acc {s['baseline']['val_acc']:.4f}")
-    return "\n".join(lines)
+    return printable_lines(lines)
