@@ -232,18 +232,24 @@ def summary_cmd(
 
 
 @app.command("verify")
-def verify_cmd(name: NameArg, storage: StorageOpt = None) -> None:
-    """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs."""
+def verify_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = OutputFormat.table) -> None:
+    """Check a study's records after crashes: trial numbers, states, heartbeats, re-runs, study attrs.
+
+    Exits 1 when a check fails (with -f json, after printing the record with every problem)."""
     from hpo.results.consistency import check_consistency
     from hpo.errors import HPOError
     from hpo.results.records import printable
-    from hpo.storage import open_existing_storage
+    from hpo.storage import display_url, open_existing_storage
 
     name, url = locate_study(name, storage)
     problems = check_consistency(open_existing_storage(url, read_only=True), name)
+    if format == OutputFormat.json:
+        echo_record({"study": name, "storage": display_url(url), "consistent": not problems, "problems": problems},
+                    format, "")
     if problems:  # the problems quote trial attrs: escaped, so the error stays one line
         raise HPOError(printable(f"study {name!r} is inconsistent: " + "; ".join(problems)))
-    typer.echo(printable(f"study {name}: consistent"))
+    if format == OutputFormat.table:
+        typer.echo(printable(f"study {name}: consistent"))
 
 
 # ---- text of the records above ----

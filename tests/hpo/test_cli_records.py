@@ -68,3 +68,22 @@ def test_database_text_reaches_the_terminal_escaped(tmp_path):
     assert [r["name"] for r in rows] == [EVIL_NAME]
     record = json.loads(hpo("study", "status", EVIL_NAME, "--storage", url, "-f", "json").stdout)
     assert [1, EVIL_REASON] in record["failures"]
+
+
+# ---- item 12: `hpo study verify -f json` ----
+
+def test_verify_prints_its_record_as_json(tmp_path):
+    from hpo.definition.study_file import load_study_file
+    from hpo.running.worker import begin_run
+    from tests.hpo.studyfiles import write_study
+
+    url = f"sqlite:///{tmp_path / 'v.db'}"
+    begin_run(load_study_file(write_study(tmp_path, "good", url)))
+    good = json.loads(hpo("study", "verify", "good", "--storage", url, "-f", "json").stdout)
+    assert good == {"study": "good", "storage": url, "consistent": True, "problems": []}
+
+    optuna.create_study(study_name="plain", storage=url)  # no study_file, artifact_dir, run_budget
+    r = hpo("study", "verify", "plain", "--storage", url, "--format", "json", code=1)
+    bad = json.loads(r.stdout)
+    assert bad["consistent"] is False and any("study_file" in p for p in bad["problems"])
+    assert r.stderr.startswith("error: study 'plain' is inconsistent: ") and r.stderr.count("\n") == 1
