@@ -7,6 +7,7 @@ artifact_store)` takes storage objects, so tests hand it a real one; `serve()` o
 
 from __future__ import annotations
 
+import re
 import signal
 import sys
 import threading
@@ -104,8 +105,54 @@ class StudyArtifactStore:
 
 
 def create_app(storage: BaseStorage, artifact_store: Any | None = None) -> Callable:
-    """The optuna-dashboard WSGI app (API, UI and artifact routes) over `storage` and `artifact_store`."""
-    return optuna_dashboard.wsgi(storage, artifact_store=artifact_store)
+    """The optuna-dashboard WSGI app (API, UI and artifact routes) over `storage` and `artifact_store`, its
+    artifacts served inert (InertArtifacts)."""
+    return InertArtifacts(optuna_dashboard.wsgi(storage, artifact_store=artifact_store))
+
+
+# optuna-dashboard serves an artifact under /artifacts/<study>[/<trial>]/<id> with the uploader's Content-Type and
+# "Access-Control-Allow-Origin: *": an uploaded HTML or SVG file opened there is a page of the dashboard's own
+# origin and can script against its API, and any web page may read every artifact. Types a browser shows
+# passively (the UI's <img>, <audio>, <video>, fetched tables) stay inline; everything else is an attachment.
+ARTIFACT_PATH = re.compile(r"/+artifacts/")
+INLINE_TYPES = ("image/png", "image/jpeg", "image/gif", "image/webp", "image/avif", "image/bmp", "text/plain",
+                "text/csv", "text/tab-separated-values", "application/json", "audio/", "video/")
+ARTIFACT_HEADERS = [
+    ("Content-Security-Policy", "default-src 'none'; style-src 'unsafe-inline'; sandbox"),  # no script, own origin
+    ("X-Content-Type-Options", "nosniff"),  # the declared type, never a sniffed text/html
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+]
+_CONTROLLED = {name.lower() for name, _ in ARTIFACT_HEADERS} | {"access-control-allow-origin", "content-disposition"}
+
+
+class InertArtifacts:
+    """WSGI middleware: no wildcard CORS on any response; artifact responses sandboxed (a CSP without scripts,
+    an opaque origin), never sniffed, and served as attachments unless their type is shown passively."""
+
+    def __init__(self, app: Callable):
+        self.app = app
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        artifact_path = bool(ARTIFACT_PATH.match(environ.get("PATH_INFO", "")))
+
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            artifact = artifact_path or any(k.lower() == "access-control-allow-origin" for k, _ in headers)
+            kept = [(k, v) for k, v in headers if k.lower() not in (_CONTROLLED if artifact else
+                                                                    {"access-control-allow-origin"})]
+            if artifact:
+                kept += ARTIFACT_HEADERS
+                content_type = next((v for k, v in headers if k.lower() == "content-type"), "")
+                if not _shown_passively(content_type):
+                    kept.append(("Content-Disposition", "attachment"))
+            return start_response(status, kept, exc_info)
+
+        return self.app(environ, start)
+
+
+def _shown_passively(content_type: str) -> bool:
+    """'image/png' yes; 'text/html; charset=utf-8', 'image/svg+xml', 'application/xml', '' no."""
+    mime = content_type.split(";", 1)[0].strip().lower()
+    return any(mime == t or (t.endswith("/") and mime.startswith(t)) for t in INLINE_TYPES)
 
 
 class HostCheck:
