@@ -44,7 +44,6 @@ sys.path.insert(0, str(REPO))
 from cifarnet.hardware import describe_hardware, now_iso  # noqa: E402
 from cifarnet.files import write_json_atomic  # noqa: E402
 from cifarnet.train import load_checkpoint  # noqa: E402
-from hpo.running.checkpoints import relative_path  # noqa: E402
 from hpo.storage import open_storage  # noqa: E402
 from hpo.definition.study_file import to_toml  # noqa: E402
 
@@ -117,7 +116,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         os.killpg(proc.pid, signal.SIGKILL)
         killed_at = time.time()
         proc.wait()
-        checkpoint = store / relative_path(target.number)
+        checkpoint = store / target.user_attrs["checkpoint"]
         if checkpoint.is_file():  # else the trial ended (pruned at that epoch) before the kill: not counted
             state = load_checkpoint(checkpoint)
             kills.append({"trial": target.number, "checkpoint_epoch": state["epoch"],

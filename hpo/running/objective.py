@@ -30,7 +30,7 @@ from cifarnet.data import Splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, precision, resolve_device, train
-from hpo.running.checkpoints import TrialCheckpoint, relative_path
+from hpo.running.checkpoints import TrialCheckpoint
 from hpo.definition.space import suggest_config
 from hpo.running.study import INTERRUPTED_REASON, request_stop
 from hpo.definition.study_file import StudySpec
@@ -87,7 +87,7 @@ class Objective:
         if spec.max_params is not None and stats.params > spec.max_params:
             reject_over_budget(trial, stats.params, spec.max_params)
         reporter = EpochReporter(trial, spec)
-        trial.set_user_attr("checkpoint", relative_path(trial.number))
+        trial.set_user_attr("checkpoint", checkpoint.relative(trial.number))
         resumed_from, finished = checkpoint.resume()
         if resumed_from is not None:
             trial.set_user_attr("resumed_from_trial", resumed_from)

@@ -7,24 +7,28 @@ study user_attrs "study_file" (the parsed study TOML), "target_accuracy", "artif
 
 from __future__ import annotations
 
+import uuid
+import dataclasses
 import warnings
+from pathlib import Path
 from typing import Any
 
 import numpy
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.errors import HPOError, StorageError
+from hpo.errors import HPOError, StorageError, StudyFileError
 from hpo.definition.paths import stored_artifact_dir
 from hpo.definition.space import Choice, SearchSpace, seed_params
 from hpo.storage import Backoff, display_url, is_locked, open_existing_storage, open_storage, retry
-from hpo.definition.study_file import StudySpec, spec_from_dict
+from hpo.definition.study_file import StudySpec, load_study_file, spec_from_dict
 
 # Study-file tables that define what a trial means; resuming with any of them changed would mix
 # incomparable trials in one study, so it is refused. Everything else (trials, sampler, ...) may change.
 IDENTITY_TABLES = ("space", "budget", "train")
 LOCKED_BACKOFF = Backoff(first=0.2, longest=25.6, tries=8)
 OBJECTIVE_NAME = "val_acc"  # what optuna-dashboard calls the objective value
+STUDY_UID = "study_uid"  # user_attr: a random id no other study shares, even one of the same name elsewhere
 INTERRUPTED_REASON = "interrupted"  # fail_reason of a trial stopped by Ctrl-C; it is re-queued
 KEPT_ON_RETRY = ("seed_baseline", "seed_moved_into_space")  # user_attrs a re-queued trial inherits
 
@@ -68,6 +72,21 @@ def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+def load_run_spec(path: str | Path, storage: str | None = None, n_trials: int | None = None,
+                  timeout: float | None = None) -> StudySpec:
+    """The study file for one `hpo study start`: `n_trials` (--n-trials) is this run's budget, which `begin_run`
+    stores as "run_budget", while `raw` (what the study stores as "study_file") keeps the file's own [study]
+    trials, so the stored file does not turn into the last run's --n-trials. A file that needs the option
+    (neither trials nor timeout of its own) keeps it, or it would not be a valid study file."""
+    spec = load_study_file(path, storage=storage, n_trials=n_trials, timeout=timeout)  # checks --n-trials too
+    if n_trials is None:
+        return spec
+    try:
+        return dataclasses.replace(spec, raw=load_study_file(path, storage=storage, timeout=timeout).raw)
+    except StudyFileError:  # no budget without --n-trials
+        return spec
+
+
 def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Create the study (baseline enqueued as trial 0) or load it, refusing a study file that changes what a
     trial means. The stored study file is replaced by this one (run settings may change between runs)."""
@@ -87,6 +106,8 @@ def create_or_resume(spec: StudySpec, storage: optuna.storages.BaseStorage | Non
     for key, value in {"study_file": spec.raw, "target_accuracy": spec.target_accuracy,
                        "artifact_dir": stored_artifact_dir(spec.artifact_dir, spec.storage)}.items():
         study.set_user_attr(key, value)
+    if STUDY_UID not in study.user_attrs:  # keys this study's checkpoints apart from any other's (hpo.running.checkpoints)
+        study.set_user_attr(STUDY_UID, uuid.uuid4().hex)
     if study.metric_names != [OBJECTIVE_NAME]:
         with warnings.catch_warnings():
             # optuna_dashboard.set_objective_names() is deprecated in favour of exactly this (experimental) call.

@@ -24,7 +24,6 @@ from optuna.trial import TrialState
 from ray.cluster_utils import Cluster
 
 from cifarnet.train import load_checkpoint
-from hpo.running.checkpoints import relative_path
 from hpo.results.consistency import check_consistency
 from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
@@ -116,7 +115,7 @@ def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_pa
     assert len(interrupted) >= 2 and sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(
         t.number for t in interrupted)
     # What each interrupted trial had checkpointed: its re-run must continue from exactly there.
-    epochs_done = {t.number: load_checkpoint(tmp_path / relative_path(t.number))["epoch"] for t in interrupted
+    epochs_done = {t.number: load_checkpoint(tmp_path / t.user_attrs["checkpoint"])["epoch"] for t in interrupted
                    if t.user_attrs.get("curve")}
     assert len(epochs_done) >= 2
 
@@ -167,7 +166,7 @@ def test_node_removed_mid_trial_its_trial_resumes_from_its_last_epoch(tmp_path, 
     assert proc.returncode == 0, err  # Ray ran the lost workers again elsewhere
     # The dead attempt's own checkpoint file, as its process left it (it may finish an epoch while it notices
     # that its raylet is gone); its re-run only reads it, long after, once the heartbeat is stale.
-    k = load_checkpoint(tmp_path / relative_path(victim.number))["epoch"]
+    k = load_checkpoint(tmp_path / victim.user_attrs["checkpoint"])["epoch"]
 
     trials = check_trials(pg_url, study_name)
     assert_budget(trials, n, workers=3)

@@ -16,7 +16,6 @@ import pytest
 from optuna.trial import TrialState
 
 from cifarnet.train import load_checkpoint
-from hpo.running.checkpoints import relative_path
 from hpo.results.consistency import check_consistency
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import WorkerOptions, start_study
@@ -58,7 +57,7 @@ def test_sigkilled_trial_resumes_at_its_last_epoch_with_the_uninterrupted_metric
              "trial 0 finished 2 epochs")
     victim.send_signal(signal.SIGSTOP)  # freeze it, read what it had checkpointed, then kill it
     store = tmp_path / killed
-    k = load_checkpoint(store / relative_path(0))["epoch"]
+    k = load_checkpoint(store / trials_of(pg_url, killed)[0].user_attrs["checkpoint"])["epoch"]
     victim.kill()
     victim.communicate()
     assert 2 <= k < EPOCHS
