@@ -22,6 +22,7 @@ from plotly.colors import qualitative
 
 from cifarnet.files import write_text_atomic
 from hpo.results.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
+from hpo.results.records import rerun_note, reruns
 from hpo.definition.paths import locate_study
 from hpo.results.retrain_records import describe_record, reference_retrain, retrain_records
 from hpo.storage import open_existing_storage
@@ -279,6 +280,9 @@ def _summary_rows(study: optuna.Study, trials: list[FrozenTrial]) -> list[tuple[
     base = seed_baseline(trials)
     if base is not None:
         value = f"val_acc {base.value:.4f}" if base.value is not None else base.state.name.lower()
+        rerun = reruns(trials).get(base.number)  # an interrupted or lost baseline is measured by its re-run
+        if rerun is not None:
+            value = rerun_note(rerun) + (f": val_acc {rerun.value:.4f}" if rerun.value is not None else "")
         rows.append(("seed baseline", f"#{base.number} (original CifarNet): {value}"))
     if study.user_attrs.get("target_accuracy") is not None:
         rows.append(("target accuracy", f"{study.user_attrs['target_accuracy']:.4f}"))

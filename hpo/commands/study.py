@@ -61,10 +61,10 @@ def start_cmd(
 ) -> None:
     """Create the study (the original CifarNet is trial 0) or resume it, and run its trials."""
     from hpo.errors import HPOError
-    from hpo.definition.study_file import load_study_file
+    from hpo.running.study import load_run_spec
     from hpo.running.worker import WorkerOptions, start_study
 
-    spec = load_study_file(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
+    spec = load_run_spec(study_file, storage=storage, n_trials=n_trials, timeout=timeout)
     _warn_if_proxy(spec.storage)
     if workers == "auto":
         from hpo.running.packing import auto_workers
@@ -260,9 +260,10 @@ def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, A
     from hpo.results.retrain_records import describe_record
 
     c = status.counts
+    rerun = f" ({len(status.rerun_as)} re-run)" if status.rerun_as else ""
     lines = [f"study {status.name} ({status.storage})",
-             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed, {c['running']} running, "
-             f"{c['waiting']} waiting"]
+             f"trials: {c['complete']} complete, {c['pruned']} pruned, {c['fail']} failed{rerun}, {c['running']} "
+             f"running, {c['waiting']} waiting"]
     if status.best:
         b = status.best
         size = f"{b['params_count']:,} params" if b.get("params_count") is not None else "size unknown"

@@ -4,7 +4,7 @@ text."""
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -74,6 +74,7 @@ class StudyStatus:
     stop_requested: bool
     stop_reason: str
     failures: list[tuple[int, str]]  # (trial number, why) of failed and rejected trials
+    rerun_as: dict[int, int] = field(default_factory=dict)  # failed attempt -> the latest attempt of its series
 
 
 def study_status(storage_url: str, name: str) -> StudyStatus:
@@ -81,21 +82,46 @@ def study_status(storage_url: str, name: str) -> StudyStatus:
     trials = study.get_trials(deepcopy=False)
     best = best_completed(trials)
     attrs = study.user_attrs
-    failures = [(t.number, fail_reason(t, by_hpo="study_file" in attrs)) for t in trials
-                if t.state == TrialState.FAIL or "fail_reason" in t.user_attrs]
+    latest = reruns(trials)
+    failures = [(t.number, fail_reason(t, by_hpo="study_file" in attrs, rerun=latest.get(t.number)))
+                for t in trials if t.state == TrialState.FAIL or "fail_reason" in t.user_attrs]
     return StudyStatus(name, display_url(storage_url), count_states(trials), best and best_record(study, best),
                        attrs.get("target_accuracy"), bool(attrs.get("stop_requested")),
-                       attrs.get("stop_reason", "") if attrs.get("stop_requested") else "", failures)
+                       attrs.get("stop_reason", "") if attrs.get("stop_requested") else "", failures,
+                       {n: t.number for n, t in latest.items()})
 
 
-def fail_reason(trial: FrozenTrial, by_hpo: bool = True) -> str:
-    """Why a trial failed or was rejected. hpo's objective records a reason for every failure it sees, so in a
-    study hpo runs a FAIL without one is a worker that died mid-trial; a study of plain optuna records none."""
+def reruns(trials: list[FrozenTrial]) -> dict[int, FrozenTrial]:
+    """Each earlier attempt of a re-run trial -> the latest attempt of its series, whose state is the series'
+    outcome. A dead worker's trial (optuna's RetryHeartbeatStaleTrialCallback) and an interrupted one
+    (hpo.running.study.requeue_interrupted) are re-run as a new trial whose retry_history names them."""
+    latest: dict[int, FrozenTrial] = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        for t in sorted(trials, key=lambda t: t.number):
+            for earlier in optuna.storages.RetryHeartbeatStaleTrialCallback.retry_history(t):
+                latest[earlier] = t
+    return latest
+
+
+def rerun_note(rerun: FrozenTrial) -> str:
+    """"re-run as trial 5 (complete)": what became of a failed attempt."""
+    return f"re-run as trial {rerun.number} ({rerun.state.name.lower()})"
+
+
+def fail_reason(trial: FrozenTrial, by_hpo: bool = True, rerun: FrozenTrial | None = None) -> str:
+    """Why a trial failed or was rejected, and its re-run (`rerun`, see `reruns`) if it has one. hpo's objective
+    records a reason for every failure it sees, so in a study hpo runs a FAIL without one is a worker that
+    died mid-trial; a study of plain optuna records none."""
     if "fail_reason" in trial.user_attrs:
-        return trial.user_attrs["fail_reason"]
-    if trial.state == TrialState.FAIL:
+        why = trial.user_attrs["fail_reason"]
+    elif trial.state != TrialState.FAIL:
+        return ""
+    elif rerun is None:
         return "worker lost (no heartbeat); re-queued when retries were left" if by_hpo else "no reason recorded"
-    return ""
+    else:
+        why = "worker lost (no heartbeat)" if by_hpo else "no reason recorded"
+    return f"{why}; {rerun_note(rerun)}" if rerun is not None else why
 
 
 def best_trial_record(storage_url: str, name: str) -> dict[str, Any]:

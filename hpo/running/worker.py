@@ -99,9 +99,11 @@ def begin_run(spec: StudySpec) -> RunBudget:
 
 def join_study(spec: StudySpec, opts: WorkerOptions = WorkerOptions()) -> StudyStatus:
     """`hpo study join`: join a study started elsewhere, under the budget its `hpo study start` stored, with one
-    process per device slot (`opts.devices`)."""
-    _check_inputs(opts)
-    _run_slots(spec, opts, seeded=False)
+    process per device slot (`opts.devices`). A run with nothing left to do asks for no data or device."""
+    storage, study = _open_study(spec)
+    if BudgetGuard(_stored_budget(study, spec), can_wait=heartbeat_enabled(storage)).next_step(study) is not Step.STOP:
+        _check_inputs(opts)
+        _run_slots(spec, opts, seeded=False)
     return study_status(spec.storage, spec.name)
 
 
@@ -134,14 +136,7 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     threads = opts.threads or max(1, usable_cores() // opts.workers)
     torch.set_num_threads(threads)
     optuna.logging.set_verbosity(logging.ERROR)  # our one line per trial replaces optuna's log and tracebacks
-    # Joining a study that is not there must not leave an empty database behind (`hpo study join` on a mistyped
-    # path: tests/hpo/test_cli.py::test_join_on_a_missing_database_creates_nothing).
-    storage = open_existing_storage(spec.storage, heartbeat=spec.workers)
-    try:
-        study = optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
-    except KeyError:
-        raise HPOError(f"no study {spec.name!r} in {display_url(spec.storage)}: start it with "
-                       f"`hpo study start`, then join it with `hpo study join`") from None
+    storage, study = _open_study(spec)
     budget = _stored_budget(study, spec)
     study.sampler = build_sampler(spec, seed_offset, budget.first_trial)
     splits = make_splits(load_cifar10(opts.data_dir), spec.data)
@@ -167,6 +162,18 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
                                    f"left running is re-run)") from None
             raise
     return runner.ran
+
+
+def _open_study(spec: StudySpec) -> tuple[optuna.storages.BaseStorage, optuna.Study]:
+    """The study a worker joins, on a storage with the study file's heartbeats."""
+    # Joining a study that is not there must not leave an empty database behind (`hpo study join` on a mistyped
+    # path: tests/hpo/test_cli.py::test_join_on_a_missing_database_creates_nothing).
+    storage = open_existing_storage(spec.storage, heartbeat=spec.workers)
+    try:
+        return storage, optuna.load_study(study_name=spec.name, storage=storage, pruner=build_pruner(spec))
+    except KeyError:
+        raise HPOError(f"no study {spec.name!r} in {display_url(spec.storage)}: start it with "
+                       f"`hpo study start`, then join it with `hpo study join`") from None
 
 
 class TrialRunner:

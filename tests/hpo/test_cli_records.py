@@ -87,3 +87,76 @@ def test_verify_prints_its_record_as_json(tmp_path):
     bad = json.loads(r.stdout)
     assert bad["consistent"] is False and any("study_file" in p for p in bad["problems"])
     assert r.stderr.startswith("error: study 'plain' is inconsistent: ") and r.stderr.count("\n") == 1
+
+
+# ---- item 13: a re-run is named as such; the stored study file keeps the file's budget ----
+
+def _baseline_interrupted_then_rerun(tmp_path: Path) -> tuple[str, optuna.Study]:
+    """A study whose baseline (trial 0) was interrupted and whose re-run (trial 1) completed, as
+    `hpo study start` leaves it after Ctrl-C and a second start (stand-in values, no training)."""
+    from hpo.definition.study_file import load_study_file
+    from hpo.running.study import INTERRUPTED_REASON, requeue_interrupted
+    from hpo.running.worker import begin_run
+    from tests.hpo.studyfiles import write_study
+
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    begin_run(load_study_file(write_study(tmp_path, "rerun", url)))
+    study = optuna.load_study(study_name="rerun", storage=url)
+    first = study.ask()
+    first.set_user_attr("fail_reason", INTERRUPTED_REASON)
+    study.tell(first, state=TrialState.FAIL)
+    assert requeue_interrupted(study) == [0]
+    again = study.ask()
+    assert again.number == 1 and again.user_attrs["seed_baseline"]
+    study.tell(again, 0.5)
+    return url, study
+
+
+def test_status_and_report_name_the_rerun_of_an_interrupted_trial(tmp_path):
+    from dashboard.report import build_report
+
+    url, study = _baseline_interrupted_then_rerun(tmp_path)
+    status = hpo("study", "status", "rerun", "--storage", url).stdout
+    assert "trial 0: interrupted; re-run as trial 1 (complete)" in status
+    assert "trials: 1 complete, 0 pruned, 1 failed (1 re-run), 0 running, 0 waiting" in status
+    record = json.loads(hpo("study", "status", "rerun", "--storage", url, "-f", "json").stdout)
+    assert record["rerun_as"] == {"0": 1} and record["failures"] == [[0, "interrupted; re-run as trial 1 (complete)"]]
+
+    page = build_report(study)
+    assert "#0 (original CifarNet): re-run as trial 1 (complete): val_acc 0.5000" in page
+    assert "(original CifarNet): fail" not in page
+
+
+def test_a_lost_worker_trial_names_its_rerun_and_one_without_a_rerun_says_it_may_come(tmp_path):
+    from hpo.running.study import requeue_interrupted
+
+    url, study = _baseline_interrupted_then_rerun(tmp_path)
+    lost = study.ask()  # trial 2: its worker died (no fail_reason), its re-run is still queued
+    study.tell(lost, state=TrialState.FAIL)
+    study.add_trial(optuna.trial.create_trial(state=TrialState.WAITING, system_attrs={
+        "failed_trial": 2, "retry_history": [2]}))
+    gone = study.ask()  # trial 3 is the queued re-run; trial 4 fails with no re-run at all
+    assert gone.number == 3
+    study.tell(study.ask(), state=TrialState.FAIL)
+    assert requeue_interrupted(study) == []
+    status = hpo("study", "status", "rerun", "--storage", url).stdout
+    assert "trial 2: worker lost (no heartbeat); re-run as trial 3 (running)" in status
+    assert "trial 4: worker lost (no heartbeat); re-queued when retries were left" in status
+
+
+def test_start_with_n_trials_keeps_the_files_budget_in_the_stored_study_file(tmp_path, tiny_cifar):
+    from tests.hpo.studyfiles import write_study
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    path = write_study(tmp_path, "budget", url, study={"trials": 3})
+    hpo("study", "start", str(path), "--n-trials", "1", "--data-dir", str(tiny_cifar), "--threads", "1",
+        "--device", "cpu")
+    study = optuna.load_study(study_name="budget", storage=url)
+    assert study.user_attrs["study_file"]["study"]["trials"] == 3  # the file's, not the run's
+    assert study.user_attrs["run_budget"]["n_trials"] == 1 and len(study.trials) == 1  # the run's own
+
+    # ---- item 14: the run has ended, so `join` has nothing to do and needs no CIFAR-10 folder ----
+    no_data = {k: v for k, v in ENV.items() if k != "CIFAR10_DIR"}
+    joined = hpo("study", "join", str(path), "--device", "cpu", env=no_data)
+    assert "nothing left to do" in joined.stdout and joined.stderr == ""
+    assert len(optuna.load_study(study_name="budget", storage=url).trials) == 1
