@@ -1,4 +1,5 @@
-"""`hpo retrain` (a study's best trial to a target test accuracy) and `hpo export` (a run as ONNX / TorchScript)."""
+"""`hpo retrain` (a study's best trial to a target test accuracy) and `hpo export` (a run as ONNX / a torch.export
+program)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ app = typer.Typer()
 
 class ExportFormat(str, enum.Enum):
     onnx = "onnx"
-    torchscript = "torchscript"
+    pt2 = "pt2"
+    torchscript = "torchscript"  # deprecated: writes the pt2 program (torch.jit is deprecated upstream)
 
 
 class Weights(str, enum.Enum):
@@ -62,6 +64,7 @@ def retrain_cmd(
     except KeyboardInterrupt:
         raise CommandInterrupted(interrupted_message(plan.out)) from None
     typer.echo(describe_result(result))
+    _warn_outdated_exports(plan.out)
 
 
 def describe_plan(plan: Any) -> str:
@@ -93,12 +96,14 @@ def export_cmd(
     run_dir: Annotated[Path, typer.Argument(
         help="A run folder written by `hpo retrain` (best.pt / final.pt) or `hpo train` (checkpoint.pt).",
         show_default=False)],
-    format: Annotated[ExportFormat, typer.Option("--format", help="Model file format.")] = ExportFormat.onnx,
+    format: Annotated[ExportFormat, typer.Option("--format", help=(
+        "onnx, or pt2: a torch.export ExportedProgram (torch.export.load(path).module() runs it). torchscript is "
+        "deprecated and writes the pt2 program."))] = ExportFormat.onnx,
     weights: Annotated[Weights, typer.Option(
         help="best (highest test accuracy) or final weights of a retrain; a `hpo train` folder has only its "
              "last epoch's.")] = Weights.best,
     out: Annotated[Optional[Path], typer.Option(
-        "--out", "-o", help="Output file (default: RUN_DIR/model.onnx or RUN_DIR/model.torchscript.pt).")] = None,
+        "--out", "-o", help="Output file (default: RUN_DIR/model.onnx or RUN_DIR/model.pt2).")] = None,
     data_dir: DataDirOpt = None,
     batch: Annotated[int, typer.Option(min=1, help="Images in the PyTorch-vs-export check batch.")] = 64,
 ) -> None:
@@ -112,3 +117,15 @@ def export_cmd(
                    f"weights; the `hpo train` command that wrote it, with --resume, finishes it", err=True)
     typer.echo(f"max |log-prob difference| vs PyTorch on {r.batch} {r.batch_source}: {r.max_abs_diff:.2e} "
                f"(tolerance {r.tolerance:g}): OK")
+    if format == ExportFormat.torchscript:
+        typer.echo("note: --format torchscript is deprecated (torch.jit is, upstream) and wrote a torch.export "
+                   "program (.pt2) instead; use --format pt2", err=True)
+    _warn_outdated_exports(run_dir)
+
+
+def _warn_outdated_exports(run_dir: Path) -> None:
+    """Exports in the run folder made from weights that have changed since (a resumed run), one line each."""
+    from hpo.results.export import outdated_exports
+
+    for line in outdated_exports(run_dir):
+        typer.echo(f"warning: {line}", err=True)

@@ -1,14 +1,20 @@
-"""Export a run (`hpo retrain` or `hpo train`) as a deployable model (ONNX or TorchScript) and prove it
-computes what PyTorch does.
+"""Export a run (`hpo retrain` or `hpo train`) as a deployable model (ONNX, or a torch.export program `.pt2`)
+and prove it computes what PyTorch does.
 
 The exported graph takes raw images, uint8 (B, 32, 32, 3) RGB as stored in the CIFAR files, and returns
 (B, 10) log-probabilities: normalisation (and the test-time views' average when the run used tta_flip / tta_shift) is inside the
 graph, so a deployment cannot get the preprocessing wrong. The check compares the exported model against the
 training code's own path (`cifarnet.augment.normalize` + the model) on a batch of test images.
+
+Each export's sidecar (`<model>.json`) records the sha256 of the weights file it was made from, so an export
+that a resumed run has since made outdated is found (`outdated_exports`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import json
 import os
 import warnings
 from dataclasses import asdict, dataclass
@@ -22,13 +28,15 @@ from cifarnet.augment import normalize
 from cifarnet.config import TrainConfig
 from cifarnet.data import CLASSES, MEAN, STD, load_cifar10
 from cifarnet.model import build_model
-from cifarnet.files import output_file, write_json_atomic
+from cifarnet.files import output_file, replacing, write_json_atomic
 from cifarnet.train import load_checkpoint
 from cifarnet.tta import tta_logp
 from hpo.errors import HPOError
 from cifarnet.weights import eval_weights
 
-FORMATS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt"}
+FORMATS = {"onnx": "model.onnx", "pt2": "model.pt2"}
+# TorchScript (torch.jit) is deprecated upstream: the old format name now writes the torch.export program.
+ALIASES = {"torchscript": "pt2"}
 WEIGHTS = ("best", "final")
 # log-probs in float32 through a few dozen convs: graph rewrites reorder sums, so bit-equality is not expected;
 # 1e-4 is far below any change in the predicted class.
@@ -43,7 +51,7 @@ class ExportError(HPOError):
 @dataclass(frozen=True)
 class ExportResult:
     path: Path  # the deployable model
-    format: str  # "onnx" | "torchscript"
+    format: str  # "onnx" | "pt2"
     weights: Path  # which weights file of the run was exported
     max_abs_diff: float  # max |log-prob(exported) - log-prob(PyTorch)| on the check batch
     tolerance: float
@@ -52,6 +60,7 @@ class ExportResult:
     epoch: int | None = None  # the epoch those weights are from (None: a weights file that does not say)
     epochs: int = 0  # the run's schedule
     test_acc: float | None = None  # the run's test accuracy at `epoch`
+    weights_sha256: str = ""  # of the weights file as exported: a resumed run that rewrites it outdates the export
 
     @property
     def unfinished(self) -> bool:
@@ -124,30 +133,68 @@ def reference_logp(model: nn.Module, images: torch.Tensor, tta_flip: bool, tta_s
 
 def export_model(run_dir: str | Path, fmt: str, *, weights: str = "best", out: Path | None = None,
                  data_dir: str | None = None, batch: int = 64) -> ExportResult:
-    """Write the deployable model (default RUN_DIR/model.onnx or model.torchscript.pt) and check it."""
+    """Write the deployable model (default RUN_DIR/model.onnx or model.pt2) and check it; `fmt` "torchscript"
+    (deprecated) writes the pt2 program."""
+    fmt = ALIASES.get(fmt, fmt)
     if fmt not in FORMATS:
-        raise ExportError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        raise ExportError(f"--format must be one of {', '.join(FORMATS)} (torchscript: the old name of pt2), "
+                          f"got {fmt!r}")
     model, cfg, weights_path, trained = load_run_model(run_dir, weights)
     out = output_file(out if out is not None else Path(run_dir) / FORMATS[fmt])  # before the export's work
     images, source = check_batch(data_dir, batch)
     deploy = DeployModel(model, cfg.tta_flip, cfg.tta_shift).eval()
     # Written and checked under a temporary name, renamed only once the check passed: a failed or interrupted
     # export leaves no model file (and no sidecar) behind that could be mistaken for a checked one.
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        _WRITERS[fmt](deploy, images[:2], tmp)
+    with replacing(out) as tmp:
+        _WRITERS[fmt](deploy, images[[0, -1]], tmp)  # two rows even for --batch 1: a batch of 1 is not traced as N
         got = torch.from_numpy(np.asarray(_RUNNERS[fmt](tmp, images)))
         diff = (got - reference_logp(model, images, cfg.tta_flip, cfg.tta_shift)).abs().max().item()
         if not diff < TOLERANCE:
             raise ExportError(f"exported {fmt} model differs from PyTorch by {diff:.3g} (tolerance {TOLERANCE:g}); "
                               f"nothing written")
         result = ExportResult(out, fmt, weights_path, diff, TOLERANCE, len(images), source, epochs=cfg.epochs,
-                              **trained)
-        write_json_atomic(_describe(result, cfg), out.with_name(out.name + ".json"))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+                              weights_sha256=_sha256(weights_path), **trained)
+        write_json_atomic(_describe(result, cfg), _sidecar(out))
     return result
+
+
+def outdated_exports(run_dir: str | Path) -> list[str]:
+    """The exports in `run_dir` (each found by its sidecar) whose weights file has changed since they were
+    written, e.g. by `hpo retrain --resume` or `hpo train --resume`, one line each naming the command that
+    writes it again. A sidecar from before weights_sha256 was recorded is compared by modification time."""
+    lines = []
+    for sidecar in sorted(Path(run_dir).glob("*.json")):
+        model = sidecar.with_suffix("")
+        try:
+            record = json.loads(sidecar.read_text())
+            weights = Path(run_dir) / Path(record["weights"]).name
+            fmt = ALIASES.get(record["format"], record["format"])
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue  # not an export's sidecar (metrics.json, ...)
+        if not model.is_file() or fmt not in FORMATS:
+            continue
+        if not weights.is_file():
+            changed = "is gone"
+        elif record.get("weights_sha256"):
+            changed = "has changed since" if _sha256(weights) != record["weights_sha256"] else ""
+        else:
+            changed = "is newer" if weights.stat().st_mtime > model.stat().st_mtime else ""
+        if changed:
+            epoch = f" (epoch {record['epoch']})" if record.get("epoch") is not None else ""
+            again = (f" --weights {weights.stem}" if weights.stem == "final" else "") + (
+                f" --out {model}" if model.name != FORMATS[fmt] else "")
+            lines.append(f"{model} is outdated: exported from {weights.name}{epoch}, which {changed}; "
+                         f"`hpo export {run_dir} --format {fmt}{again}` writes it again")
+    return lines
+
+
+def _sidecar(model: Path) -> Path:
+    return model.with_name(model.name + ".json")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _describe(result: ExportResult, cfg: TrainConfig) -> dict:
@@ -178,21 +225,19 @@ def _run_onnx(path: Path, images: torch.Tensor) -> np.ndarray:
     return session.run(["log_probs"], {"images": images.numpy()})[0]
 
 
-def _write_torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
-    # TorchScript is deprecated upstream (FutureWarning) but still the format C++/libtorch deployments load.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        traced = torch.jit.trace(model, (example,))
-    traced.save(str(path))
+def _write_pt2(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    """An ExportedProgram (torch.export; TorchScript's torch.jit is deprecated upstream) with a dynamic batch:
+    `torch.export.load(path).module()(images)` runs it, AOTInductor compiles it for C++ deployments."""
+    program = torch.export.export(model, (example,), dynamic_shapes={"images": {0: torch.export.Dim("batch")}})
+    buffer = io.BytesIO()  # through a buffer: torch logs a warning for a file name not ending in .pt2 (tmp, -o)
+    torch.export.save(program, buffer)
+    path.write_bytes(buffer.getvalue())
 
 
 @torch.no_grad()
-def _run_torchscript(path: Path, images: torch.Tensor) -> np.ndarray:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=FutureWarning)  # see _write_torchscript
-        model = torch.jit.load(str(path), map_location="cpu")
-    return model(images).numpy()
+def _run_pt2(path: Path, images: torch.Tensor) -> np.ndarray:
+    return torch.export.load(io.BytesIO(path.read_bytes())).module()(images).numpy()
 
 
-_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript}
-_RUNNERS = {"onnx": _run_onnx, "torchscript": _run_torchscript}
+_WRITERS = {"onnx": _write_onnx, "pt2": _write_pt2}
+_RUNNERS = {"onnx": _run_onnx, "pt2": _run_pt2}

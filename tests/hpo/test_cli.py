@@ -270,7 +270,7 @@ def test_train_refuses_to_overwrite_and_names_the_changed_field_then_exports(tmp
     changed = one_error_line(hpo(*base, "--resume", "--seed", "5", code=1))
     assert "different config (seed 0 -> 5)" in changed
     exported = hpo("export", str(run), "--batch", "4", "--format", "torchscript")
-    assert "weights checkpoint.pt" in exported.stdout and (run / "model.torchscript.pt").is_file()
+    assert "weights checkpoint.pt" in exported.stdout and (run / "model.pt2").is_file()
 
 
 # ---- item 9: a busy port ----

@@ -45,7 +45,7 @@ def runs(tiny_cifar, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize("recipe", list(RECIPES))
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript"])
+@pytest.mark.parametrize("fmt", ["onnx", "pt2"])
 def test_export_matches_pytorch_on_test_images(runs, recipe, fmt, tiny_cifar):
     run_dir = runs[recipe]
     result = export_model(run_dir, fmt, data_dir=str(tiny_cifar))
@@ -69,8 +69,7 @@ def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
         return session.run(None, {"images": images.numpy()})[0]
-    with pytest.warns(FutureWarning, match="deprecated"):  # TorchScript is, upstream
-        model = torch.jit.load(str(path))
+    model = torch.export.load(str(path)).module()
     with torch.no_grad():
         return model(images).numpy()
 
@@ -78,7 +77,7 @@ def _run_exported(path: Path, fmt: str, images: torch.Tensor) -> np.ndarray:
 def test_export_refuses_a_folder_without_weights(tmp_path):
     with pytest.raises(ExportError, match="best.pt not found"):
         export_model(tmp_path, "onnx")
-    with pytest.raises(ExportError, match="--format must be one of onnx, torchscript"):
+    with pytest.raises(ExportError, match="--format must be one of onnx, pt2"):
         export_model(tmp_path, "tflite")
 
 
@@ -106,7 +105,7 @@ def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_ci
     assert r.returncode == 0, r.stderr
     assert f"weights checkpoint.pt: epoch 1 of 2, test_acc {history[0]['test_acc']:.4f}" in r.stdout
     assert r.stderr.startswith(f"warning: {tmp_path} stopped at epoch 1 of its 2 (interrupted)"), r.stderr
-    sidecar = json.loads((tmp_path / "model.torchscript.pt.json").read_text())
+    sidecar = json.loads((tmp_path / "model.pt2.json").read_text())
     assert (sidecar["epoch"], sidecar["epochs"], sidecar["test_acc"]) == (1, 2, history[0]["test_acc"])
 
 
