@@ -3,6 +3,7 @@ timeout, stalled transactions ended by the server, read-only sessions) and the g
 
 from __future__ import annotations
 
+import atexit
 import sqlite3
 import warnings
 from pathlib import Path
@@ -53,6 +54,8 @@ def open_storage(url: str, heartbeat: WorkerSpec | None = None, read_only: bool 
         return open_grpc_proxy(parsed)
     if is_sqlite_file(parsed):
         _check_sqlite(parsed, read_only)
+        if not read_only:
+            _checkpoint_at_exit(Path(parsed.database).expanduser())
         if read_only:
             parsed = parsed.set(database=f"file:{Path(parsed.database).expanduser()}?mode=ro",
                                 query={**parsed.query, "uri": "true"})
@@ -113,6 +116,33 @@ def _engine_kwargs(url: URL, read_only: bool) -> dict:
         settings = [url.query.get("options", ""), f"-c idle_in_transaction_session_timeout={STALLED_TRANSACTION_S}s"]
         connect_args["options"] = " ".join(settings + (["-c default_transaction_read_only=on"] if read_only else []))
     return {"pool_pre_ping": True, "connect_args": connect_args}
+
+
+_WRITTEN: set[Path] = set()  # SQLite files this process opened for writing
+
+
+def _checkpoint_at_exit(path: Path) -> None:
+    """A writer that ends leaves a complete database file: committed transactions live in the -wal file until
+    SQLite checkpoints them, which it does only when the last connection closes cleanly, and a process's pooled
+    connections are not closed at exit. So the file alone, copied or moved, lost the latest trials
+    (test_a_database_copied_after_the_writer_ended_holds_every_trial). Best effort: a database another process
+    still uses is checkpointed by whichever writer ends last."""
+    if not _WRITTEN:
+        atexit.register(checkpoint_written)
+    _WRITTEN.add(path.resolve())
+
+
+def checkpoint_written() -> None:
+    """Move every committed transaction of the SQLite files this process wrote into the main file."""
+    for path in sorted(_WRITTEN):
+        try:
+            conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=5)
+            try:
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            finally:
+                conn.close()
+        except sqlite3.Error:
+            pass  # busy (another writer still works: its own exit checkpoints) or gone: nothing to lose here
 
 
 def _check_sqlite(url: URL, read_only: bool) -> None:
