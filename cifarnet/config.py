@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -251,32 +252,88 @@ def _reject_unknown(section: str, d: dict[str, Any], cls: type) -> None:
         raise ConfigError(f"unknown key(s) in [{section}]: {', '.join(unknown)} (known: {', '.join(sorted(known))})")
 
 
-def read_toml(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file") -> dict[str, Any]:
-    """A TOML file as a dict; a missing, unreadable or malformed file raises `error` with one line."""
+# Bounds checked before tomllib sees a file: its cost is quadratic in the parts of one dotted key (a 100 KB
+# line `a.a.a...` of 50,000 parts needs more than 12 GB) and it recurses once per nested array or inline table.
+# A study file is ~3 KB, a run file or the dashboard config well under 1 KB.
+MAX_TOML_BYTES = 64 * 1024
+MAX_TOML_KEY_PARTS = 32
+MAX_TOML_NESTING = 32
+# TOML strings and comments, which may hold any of the characters counted below (TOML 1.0 grammar: a basic
+# string's escapes, a multi-line string closed by the first unescaped delimiter plus up to two quotes). Every
+# alternative matches once it has begun, an unterminated string running to its line's (or the file's) end, so
+# the scan is linear; tomllib refuses such a file at that string, before anything after it is parsed.
+_TOML_TOKEN = re.compile(r'''
+    (?P<skip>"""(?:[^"\\]|\\[\s\S]|"(?!""))*(?:"{3,5})?|\'\'\'[\s\S]*?(?:\'{3,5}|\Z)|\#[^\n]*)
+  | (?P<part>[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\.)*"?|'[^'\n]*'?)
+  | (?P<dot>\.) | (?P<space>[ \t]+) | (?P<open>[\[{]) | (?P<close>[\]}]) | (?P<other>[\s\S])
+''', re.VERBOSE)
+
+
+def toml_shape_problem(text: str) -> str | None:
+    """What makes `text` too costly to parse (a dotted key of too many parts, brackets nested too deeply), or
+    None. Dotted runs are counted wherever they are (a float is two parts), so nothing TOML reads as a key escapes;
+    strings are scanned as TOML scans them, so a quote inside a quoted key part cannot hide the rest."""
+    parts, after_dot, depth, line = 0, False, 0, 1
+    for m in _TOML_TOKEN.finditer(text):
+        kind = m.lastgroup
+        if kind == "part":
+            parts = parts + 1 if after_dot else 1
+            after_dot = False
+            if parts > MAX_TOML_KEY_PARTS:
+                return f"line {line}: a dotted key of more than {MAX_TOML_KEY_PARTS} parts"
+        elif kind == "dot":
+            after_dot = parts > 0
+        elif kind != "space":
+            parts, after_dot = 0, False
+            depth = depth + 1 if kind == "open" else max(depth - 1, 0) if kind == "close" else depth
+            if depth > MAX_TOML_NESTING:
+                return f"line {line}: arrays or tables nested more than {MAX_TOML_NESTING} deep"
+        line += m.group().count("\n") if kind in ("skip", "other") else 0
+    return None
+
+
+def read_toml_bounded(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file",
+                      max_bytes: int = MAX_TOML_BYTES) -> dict[str, Any]:
+    """A TOML file as a dict, or `error` with one line: missing, unreadable, larger than `max_bytes`, not
+    UTF-8, shaped to exhaust the parser (toml_shape_problem), malformed, or holding a number Python refuses."""
     path = Path(path)
     try:
-        return tomllib.loads(path.read_text())
+        with open(path, "rb") as f:
+            data = f.read(max_bytes + 1)  # never more, whatever the file (/dev/zero included)
     except FileNotFoundError:
-        raise error(f"{what} not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} not found: {path.resolve()}") from None
+    except IsADirectoryError:
+        raise error(f"cannot read {what} {path}: it is a directory, not a {what}") from None
+    except OSError as e:  # no permission
+        raise error(f"cannot read {what} {path}: {e.strerror or e}") from None
+    if len(data) > max_bytes:
+        raise error(f"{path} is too large for a {what}: more than {max_bytes:,} bytes")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise error(f"{path} is not a TOML file: it is not a text file (not UTF-8)") from None
+    problem = toml_shape_problem(text)
+    if problem:
+        raise error(f"{path} is not a TOML file this program reads: {problem}")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
         raise error(f"{path}: TOML syntax error: {e}") from None
-    except OSError as e:  # a folder, no permission
-        raise error(f"{path}: cannot read the {what}: {e.strerror}") from None
+    except ValueError as e:  # an integer of more than sys.get_int_max_str_digits() digits
+        raise error(f"{path}: a value out of range: {str(e).split(':')[0]}") from None
+    except RecursionError:  # cannot happen within MAX_TOML_NESTING; kept so it stays one line if it did
+        raise error(f"{path} is not a TOML file: nested too deeply") from None
+
+
+def read_toml(path: str | Path, error: type[Exception] = ConfigError, what: str = "config file") -> dict[str, Any]:
+    """read_toml_bounded under its older name."""
+    return read_toml_bounded(path, error, what)
 
 
 def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
     """A run TOML: TrainConfig fields at the top level, a [model] table and an optional [data] table."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path.resolve()}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: TOML syntax error: {e}") from None
-    except (UnicodeDecodeError, RecursionError):
-        raise ConfigError(f"{path} is not a TOML file (binary, or nested too deeply)") from None
-    except OSError as e:  # e.g. a directory
-        raise ConfigError(f"cannot read config file {path}: {e.strerror or e}") from None
+    raw = read_toml_bounded(path, ConfigError, "config file")
     data = raw.pop("data", {}) or {}
     try:
         if not isinstance(data, dict):

@@ -22,7 +22,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from optuna.artifacts.exceptions import ArtifactNotFound
 from optuna.storages import BaseStorage
 
-from cifarnet.config import read_toml
+from cifarnet.config import read_toml_bounded
 from hpo.definition.paths import resolve_artifact_dir
 from hpo.storage import open_existing_storage
 from hpo.definition.study_file import DEFAULT_STORAGE, load_study_file
@@ -53,7 +53,10 @@ class DashboardConfig:
     def build(cls, cli: dict[str, Any], toml_path: Path | None = CONFIG_TOML) -> "DashboardConfig":
         """Each field from `cli` (None = not given), else the TOML's [optuna_dashboard] table, else the default."""
         names = {f.name for f in fields(cls)}
-        table = read_toml(toml_path, HPOError, "dashboard config").get("optuna_dashboard", {}) if toml_path else {}
+        table = read_toml_bounded(toml_path, HPOError, "dashboard config") if toml_path else {}
+        table = table.get("optuna_dashboard", {})
+        if not isinstance(table, dict):
+            raise HPOError(f"dashboard config: optuna_dashboard must be an [optuna_dashboard] table, got {table!r:.80}")
         unknown = sorted((set(cli) | set(table)) - names)
         if unknown:
             raise HPOError(f"dashboard config: unknown key(s) {', '.join(unknown)} (known: {', '.join(sorted(names))})")

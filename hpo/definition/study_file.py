@@ -23,14 +23,13 @@ from __future__ import annotations
 import copy
 import math
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, toml_value
+from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, read_toml_bounded, toml_value
 from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
@@ -151,22 +150,8 @@ def to_toml(raw: dict[str, dict[str, Any]]) -> str:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError:
-        raise StudyFileError(f"study file not found: {path.resolve()}") from None
-    except IsADirectoryError:
-        raise StudyFileError(f"{path} is a directory, not a study file") from None
-    except UnicodeDecodeError:
-        raise StudyFileError(f"{path} is not a text file (not UTF-8): a study file is TOML") from None
-    except OSError as e:
-        raise StudyFileError(f"cannot read study file {path}: {e.strerror or e}") from None
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise StudyFileError(f"{path}: TOML syntax error: {e}") from None
-    except RecursionError:
-        raise StudyFileError(f"{path}: TOML nested too deeply") from None
+    # Bounded before parsing (size, dotted-key parts, nesting): a crafted 100 KB file cannot exhaust the machine.
+    return read_toml_bounded(path, StudyFileError, "study file")
 
 
 def spec_from_dict(raw: dict) -> StudySpec:
