@@ -111,7 +111,7 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with open(path, "rb") as f:
             batch = _BatchUnpickler(f, encoding="latin1").load()
-        data, labels = batch["data"], np.asarray(batch["labels"])
+        data, labels = batch["data"], batch["labels"]
     except _RefusedGlobal as e:
         raise DataError(f"{path} is not a CIFAR-10 batch: {e}") from None
     except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError,
@@ -120,10 +120,24 @@ def _read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2 and data.shape[1] == 3072):
         shape = getattr(data, "shape", None)
         raise DataError(f"{path}: 'data' must be uint8 of shape (N, 3072), got {getattr(data, 'dtype', None)} {shape}")
-    if labels.shape != (len(data),) or labels.min(initial=0) < 0 or labels.max(initial=0) > 9:
+    labels = _check_labels(labels, len(data))
+    if labels is None:
         raise DataError(f"{path}: 'labels' must be {len(data)} integers in 0..9")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # planes R, G, B -> (N, H, W, C)
-    return np.ascontiguousarray(images), labels.astype(np.int64)
+    return np.ascontiguousarray(images), labels
+
+
+def _check_labels(labels: object, n: int) -> np.ndarray | None:
+    """`labels` as (n,) int64 when it is a flat list of n ints (or a 1-D integer array) in 0..9, else None.
+    Checked before numpy sees it: a pickle can share one list many times over, so a 31 KB list of nested lists
+    would expand into gigabytes inside np.asarray."""
+    if isinstance(labels, (list, tuple)) and len(labels) == n:
+        if all((type(x) is int or isinstance(x, np.integer)) and 0 <= x <= 9 for x in labels):
+            return np.array(labels, dtype=np.int64)
+    elif isinstance(labels, np.ndarray) and labels.shape == (n,) and labels.dtype.kind in "iu":
+        if labels.min(initial=0) >= 0 and labels.max(initial=0) <= 9:
+            return labels.astype(np.int64)
+    return None
 
 
 def _read_set(folder: Path, files: tuple[str, ...]) -> ImageSet:

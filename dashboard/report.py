@@ -180,8 +180,8 @@ def pruning_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
     if not s["epochs_unpruned"]:
         return Section("pruning", title, None, "No trial has trained an epoch yet.")
     shown = [t for t in sorted(trials, key=lambda t: t.number) if t.user_attrs.get("curve")]
-    ran = [len(t.user_attrs["curve"]) for t in shown]
-    saved = [epochs - r if t.state == TrialState.PRUNED else 0 for t, r in zip(shown, ran)]
+    ran = [len(t.user_attrs["curve"]) - int(t.user_attrs.get("resumed_at_epoch", 0)) for t in shown]
+    saved = [max(0, epochs - len(t.user_attrs["curve"])) if t.state == TrialState.PRUNED else 0 for t in shown]
     fig = go.Figure([go.Bar(x=[t.number for t in shown], y=ran, name="epochs trained", marker_color="steelblue"),
                      go.Bar(x=[t.number for t in shown], y=saved, name="epochs saved (pruned)",
                             marker_color="lightgray")])

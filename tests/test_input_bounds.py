@@ -1,8 +1,9 @@
 """Inputs shaped to exhaust the machine are one `error:` line, refused by structure before the costly step runs:
 TOML files (a study file, a run file, the dashboard config) bounded in size, dotted-key parts and nesting before
-tomllib sees them; integers Python will not convert; repeated [space] choices enumerated once. The study-file
-fuzz of earlier issues extended with these cases runs in a process of its own under a memory and CPU limit, so a
-case that escapes the bounds fails the test instead of the machine."""
+tomllib sees them; integers Python will not convert; repeated [space] choices enumerated once; CIFAR label lists
+checked flat before numpy expands them.
+The study-file fuzz of earlier issues extended with these cases runs in a process of its own under a memory and
+CPU limit, so a case that escapes the bounds fails the test instead of the machine."""
 
 from __future__ import annotations
 
@@ -10,19 +11,24 @@ import contextlib
 import copy
 import io
 import json
+import pickle
 import random
 import subprocess
 import sys
+import tracemalloc
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import hpo.definition.space as space_module
 from cifarnet.config import MAX_TOML_BYTES, MAX_TOML_KEY_PARTS, MAX_TOML_NESTING, load_run_file, read_toml_bounded
-from cifarnet.errors import ConfigError
+from cifarnet.data import load_cifar10
+from cifarnet.errors import ConfigError, DataError
 from dashboard.app import DashboardConfig
 from hpo.definition.study_file import check_size_budget, load_study_file, to_toml
 from hpo.errors import HPOError, StudyFileError
+from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import TINY_STUDY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -195,6 +201,52 @@ def test_repeated_space_choices_are_enumerated_once(tmp_path, monkeypatch):
     monkeypatch.setattr(space_module, "apply_params", counted)
     assert check_size_budget(spec) == expected
     assert calls["configs"] == 2 * 2 ** len(SWITCHES)
+
+
+# ---- CIFAR label lists ----
+
+def _shared_nested_labels(depth: int, fanout: int = 10) -> list:
+    """A list pickle stores once per level: `fanout ** depth` labels in a few hundred bytes."""
+    labels: list = [0] * fanout
+    for _ in range(depth - 1):
+        labels = [labels] * fanout
+    return labels
+
+
+@pytest.mark.parametrize("labels, why", [
+    (_shared_nested_labels(7), "10**7 labels shared in a few hundred bytes"),
+    ([[0] * 10] * 10, "nested, of the right length"),
+    ([True] * 10, "booleans"),
+    ([0] * 9 + [10], "out of range"),
+    ([0] * 9 + [10 ** 5000], "a huge integer"),
+    ([0] * 11, "too long"),
+    (np.zeros((10, 1), np.int64), "a 2-D array"),
+    (np.zeros(10, np.float64), "floats"),
+    ("0123456789", "a string"),
+])
+def test_a_crafted_label_list_is_refused_before_it_is_expanded(tmp_path, labels, why):
+    root = write_cifar_batches(tmp_path / "d")
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": np.zeros((10, 3072), np.uint8), "labels": labels}, f)
+    assert batch.stat().st_size < 40_000
+    tracemalloc.start()
+    try:
+        with pytest.raises(DataError, match=r"data_batch_1: 'labels' must be 10 integers in 0\.\.9"):
+            load_cifar10(root)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, f"{why}: {peak / 2**20:.0f} MiB to refuse a {batch.stat().st_size:,}-byte file"
+
+
+def test_flat_labels_as_ints_or_an_integer_array_still_load(tmp_path):
+    root = write_cifar_batches(tmp_path / "d")
+    batch = root / "cifar-10-batches-py" / "data_batch_1"
+    with open(batch, "wb") as f:
+        pickle.dump({"data": np.zeros((10, 3072), np.uint8), "labels": np.arange(10, dtype=np.uint8)}, f)
+    data = load_cifar10(root)
+    assert data.train.labels[:10].tolist() == list(range(10)) and str(data.train.labels.dtype) == "torch.int64"
 
 
 # ---- through the commands ----

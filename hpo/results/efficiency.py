@@ -44,18 +44,25 @@ def compute_to_reach(rows: list[dict[str, Any]], target: float, unit: str = "epo
 
 
 def pruning_savings(trials: Iterable[FrozenTrial], budget_epochs: int) -> dict[str, int | float]:
-    """Epochs trained against the epochs the same trials would have taken unpruned (trials rejected before
-    training and trials still running are left out)."""
-    trained = full = pruned = 0
+    """Epochs trained, and the epochs pruning saved: what each pruned trial's budget allowed beyond the epochs
+    it ran. The one computation behind `hpo study summary` and `hpo report`.
+
+    Trained = epochs run by this attempt: a re-run that resumed a dead attempt's checkpoint did not train the
+    epochs it took from it (user_attr "resumed_at_epoch"); those count once, in the dead attempt. Only pruning
+    saves: a killed or interrupted trial's missing epochs were never skipped by choice. Trials rejected before
+    training and trials still running are left out."""
+    trained = saved = pruned = 0
     for t in trials:
         curve = t.user_attrs.get("curve", [])
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or not curve:
             continue
-        trained += len(curve)
-        full += budget_epochs if t.state == TrialState.PRUNED else len(curve)
-        pruned += t.state == TrialState.PRUNED
-    return {"epochs_trained": trained, "epochs_unpruned": full, "epochs_saved": full - trained,
-            "fraction_saved": (full - trained) / full if full else 0.0, "pruned_trials": pruned}
+        trained += len(curve) - int(t.user_attrs.get("resumed_at_epoch", 0))
+        if t.state == TrialState.PRUNED:
+            saved += max(0, budget_epochs - len(curve))
+            pruned += 1
+    full = trained + saved
+    return {"epochs_trained": trained, "epochs_unpruned": full, "epochs_saved": saved,
+            "fraction_saved": saved / full if full else 0.0, "pruned_trials": pruned}
 
 
 def study_record(trials: Iterable[FrozenTrial]) -> dict[str, Any]:

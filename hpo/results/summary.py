@@ -1,6 +1,6 @@
 """What a study run achieved and what pruning saved: the figures `hpo study summary` writes to results/.
 
-Epochs saved = for every trial that reached training, the epochs its budget allowed minus the epochs it ran;
+Epochs run and saved by pruning come from hpo.results.efficiency.pruning_savings, as in `hpo report`;
 over-budget configurations rejected before training are counted apart (they cost no epoch either way).
 """
 
@@ -11,6 +11,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.hardware import now_iso
+from hpo.results.efficiency import pruning_savings
 from hpo.storage import display_url
 from hpo.running.study import load_spec, load_study, seed_baseline
 from hpo.results.records import best_completed, best_record, count_states
@@ -24,8 +25,7 @@ def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
     epochs_budget = spec.base.epochs
     trained = [t for t in trials if t.user_attrs.get("curve")]
     rejected = [t for t in trials if t.state == TrialState.PRUNED and not t.user_attrs.get("curve")]
-    epochs_run = sum(len(t.user_attrs["curve"]) for t in trained)
-    epochs_if_unpruned = epochs_budget * len(trained)
+    savings = pruning_savings(trials, epochs_budget)
     seconds = [s for t in trained for s in t.user_attrs.get("epoch_times", [])]
     best = best_completed(trials)
     started = min((t.datetime_start for t in trials if t.datetime_start), default=None)
@@ -35,8 +35,8 @@ def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
         "trials": count_states(all_trials),
         "trained_trials": len(trained), "rejected_before_training": len(rejected),
         "epochs_per_trial_budget": epochs_budget, "train_images_per_epoch": spec.data.train_size,
-        "epochs_run": epochs_run, "epochs_if_no_pruning": epochs_if_unpruned,
-        "epochs_saved_by_pruning": epochs_if_unpruned - epochs_run,
+        "epochs_run": savings["epochs_trained"], "epochs_if_no_pruning": savings["epochs_unpruned"],
+        "epochs_saved_by_pruning": savings["epochs_saved"],
         "mean_epoch_s": sum(seconds) / len(seconds) if seconds else None,
         "wall_time_s": (ended - started).total_seconds() if started and ended else None,
         "best": best_record(study, best) if best else None,
