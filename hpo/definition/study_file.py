@@ -55,6 +55,7 @@ STUDY_KEYS = {"name": str, "storage": str, "trials": int, "timeout": float, "tar
               "stop_on_target": bool, "max_params": int, "artifact_dir": str}
 BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int}
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
+FINALIST_KEYS = {"top": int, "seeds": int, "epochs": int, "train_size": int}
 # Options that may be 0; every other number in a study file must be > 0.
 ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
 # Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
@@ -67,11 +68,11 @@ UPPER = {
     "heartbeat_interval": 3_600, "grace_period": 7 * 86_400, "max_retry": 100,
     "seed": 2**31 - 1, "n_startup_trials": 1_000_000, "n_warmup_steps": MAX_EPOCHS, "interval_steps": MAX_EPOCHS,
     "n_min_trials": 1_000_000, "min_resource": MAX_EPOCHS, "max_resource": MAX_EPOCHS, "reduction_factor": 100,
-    "min_early_stopping_rate": 100,
+    "min_early_stopping_rate": 100, "top": 100, "seeds": 100,
 }
 # Study names become folder names (artifacts/<name>, runs/retrain/<name>) and output lines.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
-TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space")
+TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space", "finalists")
 
 
 @dataclass(frozen=True)
@@ -100,6 +101,17 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class FinalistSpec:
+    """After the search, its `top` trials run again with `seeds` seeds on the validation split at this fidelity
+    (hpo.running.finalists); the best mean validation accuracy wins and is what `hpo retrain` retrains."""
+
+    top: int = 3
+    seeds: int = 2
+    epochs: int | None = None  # None: the search's per-trial epochs
+    train_size: int | None = None  # None: the search's training subset
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     storage: str  # SQLAlchemy URL
@@ -114,6 +126,7 @@ class StudySpec:
     target_accuracy: float | None = None  # validation accuracy that counts as "good enough"
     stop_on_target: bool = False  # stop every worker once a trial reaches target_accuracy
     max_params: int | None = None  # configurations with more parameters are rejected before training
+    finalists: FinalistSpec | None = None  # [finalists]: re-run the top trials with several seeds before a retrain
     artifact_dir: str = ""  # absolute folder of the optuna artifact store
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied, storage password removed
 
@@ -185,6 +198,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
         n_trials=study.get("trials"), timeout=study.get("timeout"),
         target_accuracy=study.get("target_accuracy"), stop_on_target=study.get("stop_on_target", False),
         max_params=study.get("max_params"), artifact_dir=str(_artifact_dir(study)), raw=raw,
+        finalists=FinalistSpec(**_typed("[finalists]", raw["finalists"], FINALIST_KEYS)) if "finalists" in raw else None,
     )
 
 

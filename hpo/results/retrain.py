@@ -40,6 +40,7 @@ from hpo.errors import HPOError
 from hpo.definition.paths import locate_study, stored_artifact_dir, study_artifact_dir
 from hpo.results.retrain_records import new_record_key, retrain_records
 from hpo.results.plots import learning_curve_figure
+from hpo.running.finalists import recorded_winner
 from hpo.definition.space import suggest_config
 from hpo.running.study import load_study
 from hpo.definition.study_file import StudySpec, spec_from_dict
@@ -57,7 +58,8 @@ class RetrainError(HPOError):
 @dataclass(frozen=True)
 class RetrainOptions:
     storage: str | None = None  # storage URL; default: the study file's, else hpo.definition.study_file.DEFAULT_STORAGE
-    trial: int | None = None  # trial number; None = the study's best trial
+    trial: int | None = None  # trial number; None = the finalists' winner when finalists ran, else the best trial
+    finalists: bool = True  # False: without --trial, the best search trial even where finalists ran
     # Test accuracy to stop at. Not the study's target_accuracy: that one is a validation accuracy after the
     # short per-trial budget, this one is the final figure on the 10k test set.
     target: float = DEFAULT_TARGET
@@ -90,6 +92,7 @@ class RetrainPlan:
     artifact_dir: Path
     options: RetrainOptions
     storage_url: str = ""  # where the study lives: stored paths are relative to a SQLite database's folder
+    reason: str = ""  # why this trial (the finalists' winner, the best search value, asked for)
 
     @property
     def schedule_note(self) -> str:
@@ -136,7 +139,7 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     spec = spec_from_dict(raw)
     if spec.name != study.study_name:  # the name becomes a folder below: only a validated one may
         raise RetrainError(f"study {study.study_name!r} stores the study file of {spec.name!r}; refusing to use it")
-    trial = pick_trial(study, options.trial)
+    trial, reason = choose_trial(study, options)
     cfg = replay_config(spec, trial)
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
     cfg = cfg.replace(epochs=options.max_epochs, seed=seed)
@@ -151,7 +154,21 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     artifact_dir = study_artifact_dir(study.user_attrs, url, spec.artifact_dir or Path("artifacts") / study.study_name)
     return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
                        target=float(options.target), out=out, artifact_dir=artifact_dir, options=options,
-                       storage_url=url)
+                       storage_url=url, reason=reason)
+
+
+def choose_trial(study: optuna.Study, options: RetrainOptions) -> tuple[FrozenTrial, str]:
+    """The trial to retrain and why: --trial; else the finalists' winner (hpo.running.finalists) when they ran
+    and options.finalists; else the best search trial."""
+    if options.trial is not None:
+        return pick_trial(study, options.trial), "asked for with --trial"
+    winner = recorded_winner(study) if options.finalists else None
+    if winner is not None:
+        return pick_trial(study, winner[0]), f"the finalists' winner: {winner[1]}"
+    best = pick_trial(study, None)
+    why = "finalists skipped (--no-finalists)" if not options.finalists and recorded_winner(study) else (
+        "no finalists ran")
+    return best, f"the best search value ({why})"
 
 
 def open_study(study_or_name: str, storage: str | None = None) -> tuple[optuna.Study, str]:
