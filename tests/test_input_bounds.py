@@ -1,7 +1,7 @@
 """Inputs shaped to exhaust the machine are one `error:` line, refused by structure before the costly step runs:
 TOML files (a study file, a run file, the dashboard config) bounded in size, dotted-key parts and nesting before
 tomllib sees them; integers Python will not convert; repeated [space] choices enumerated once; CIFAR label lists
-checked flat before numpy expands them.
+checked flat before numpy expands them; --threads, --workers, --trials-per-device and `hpo export --batch` bounded.
 The study-file fuzz of earlier issues extended with these cases runs in a process of its own under a memory and
 CPU limit, so a case that escapes the bounds fails the test instead of the machine."""
 
@@ -26,6 +26,7 @@ from cifarnet.config import MAX_TOML_BYTES, MAX_TOML_KEY_PARTS, MAX_TOML_NESTING
 from cifarnet.data import load_cifar10
 from cifarnet.errors import ConfigError, DataError
 from dashboard.app import DashboardConfig
+from hpo.commands.options import MAX_EXPORT_BATCH, MAX_THREADS, MAX_WORKERS
 from hpo.definition.study_file import check_size_budget, load_study_file, to_toml
 from hpo.errors import HPOError, StudyFileError
 from tests.conftest import write_cifar_batches
@@ -249,7 +250,7 @@ def test_flat_labels_as_ints_or_an_integer_array_still_load(tmp_path):
     assert data.train.labels[:10].tolist() == list(range(10)) and str(data.train.labels.dtype) == "torch.int64"
 
 
-# ---- through the commands ----
+# ---- command-line counts ----
 
 def _run_cli(*args: str) -> tuple[int, str]:
     from hpo.cli import main
@@ -262,6 +263,23 @@ def _run_cli(*args: str) -> tuple[int, str]:
         except SystemExit as e:
             code = e.code
     return code, err.getvalue()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["study", "start", "s.toml", "--threads", str(MAX_THREADS + 1)], "--threads"),
+    (["study", "join", "s.toml", "--threads", "100000"], "--threads"),
+    (["study", "start", "s.toml", "--workers", str(MAX_WORKERS + 1)], f"not a number from 1 to {MAX_WORKERS}"),
+    (["study", "start", "s.toml", "--workers", "9" * 5000], f"not a number from 1 to {MAX_WORKERS}"),
+    (["study", "start", "s.toml", "--workers", "²"], f"not a number from 1 to {MAX_WORKERS}"),
+    (["study", "join", "s.toml", "--trials-per-device", str(MAX_WORKERS + 1)], "--trials-per-device"),
+    (["export", "run", "--batch", str(MAX_EXPORT_BATCH + 1)], "--batch"),
+    (["export", "run", "--batch", "9" * 5000], "--batch"),
+])
+def test_unbounded_counts_are_one_error_line(tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    code, stderr = _run_cli(*args)
+    assert code != 0 and stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert words in stderr and "unexpected" not in stderr, stderr
 
 
 @pytest.mark.parametrize("case", ["5,000-digit integer", "dotted key", "too large"])

@@ -14,6 +14,12 @@ import typer
 
 INTERRUPTED_EXIT = 130  # the shell's code for "stopped by SIGINT"
 
+# Upper bounds of the counts a command line asks for, far above any useful value, so a typo or a crafted
+# number is one error line instead of a machine spawning processes or threads, or allocating, until it stops.
+MAX_THREADS = 256  # torch threads per worker process
+MAX_WORKERS = 256  # local worker processes, or Ray workers, of one command (and worker processes per device)
+MAX_EXPORT_BATCH = 1024  # images in hpo export's check batch: checked in one forward pass, its memory grows with it
+
 
 INTERRUPTED = "interrupted: "  # how every Ctrl-C / SIGTERM line starts, whatever the command
 

@@ -9,7 +9,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hpo.commands.options import DataDirOpt, DeviceOpt, CommandInterrupted, StorageOpt, interrupted_message
+from hpo.commands.options import (MAX_EXPORT_BATCH, DataDirOpt, DeviceOpt, CommandInterrupted, StorageOpt,
+                                  interrupted_message)
 
 app = typer.Typer()
 
@@ -105,7 +106,8 @@ def export_cmd(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Output file (default: RUN_DIR/model.onnx or RUN_DIR/model.pt2).")] = None,
     data_dir: DataDirOpt = None,
-    batch: Annotated[int, typer.Option(min=1, help="Images in the PyTorch-vs-export check batch.")] = 64,
+    batch: Annotated[int, typer.Option(min=1, max=MAX_EXPORT_BATCH,
+                                       help="Images in the PyTorch-vs-export check batch.")] = 64,
 ) -> None:
     """Export a run as a deployable model (uint8 HWC images in, log-probs out) checked against PyTorch."""
     from hpo.results.export import export_model

@@ -4,13 +4,15 @@ hpo.results.summary, with the text each prints (the library returns records; the
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
 import typer
 
-from hpo.commands.options import (INTERRUPTED, DataDirOpt, DeviceOpt, FormatOpt, CommandInterrupted, NameArg, OptionalDeviceOpt,
-                                  OutputFormat, StorageOpt, StudyFileArg, echo_record)
+from hpo.commands.options import (INTERRUPTED, MAX_THREADS, MAX_WORKERS, DataDirOpt, DeviceOpt, FormatOpt,
+                                  CommandInterrupted, NameArg, OptionalDeviceOpt, OutputFormat, StorageOpt,
+                                  StudyFileArg, echo_record)
 from hpo.definition.paths import locate_study  # os and pathlib only: `hpo --help` stays light
 
 T = TypeVar("T")
@@ -18,23 +20,24 @@ T = TypeVar("T")
 app = typer.Typer(no_args_is_help=True, help="Create, run and inspect Optuna studies on SQL storage.")
 
 ThreadsOpt = Annotated[Optional[int], typer.Option(
-    min=1, help="Torch threads per worker process (default: this machine's cores divided by the worker "
-                "processes it runs).")]
+    min=1, max=MAX_THREADS, help="Torch threads per worker process (default: this machine's cores divided by the "
+                                 "worker processes it runs).")]
 DevicesOpt = Annotated[Optional[str], typer.Option(
     help="One worker process per device (and per --trials-per-device): GPU indices like 0,1, or cpu.")]
 PerDeviceOpt = Annotated[int, typer.Option(
-    min=1, help="Worker processes (so trials at once) per device; small models can share a GPU. With --ray: each "
-                "worker asks Ray for 1/N of a GPU.")]
+    min=1, max=MAX_WORKERS, help="Worker processes (so trials at once) per device; small models can share a GPU. "
+                                 "With --ray: each worker asks Ray for 1/N of a GPU.")]
 RayOpt = Annotated[Optional[str], typer.Option(
     "--ray", metavar="ADDRESS", help="Run the workers on a Ray cluster: auto (the one `ray start` made), local (one "
     "started for this run) or HOST:PORT; one worker per GPU slot (or per --threads CPUs). Needs the ray extra.")]
 
 
 def _parse_workers(value: str) -> str:
-    """`--workers N` (N >= 1) or `--workers auto` (the measured best for this machine, hpo.running.packing)."""
-    if value == "auto" or (value.isdigit() and int(value) >= 1):
+    """`--workers N` (1 <= N <= MAX_WORKERS) or `--workers auto` (the measured best for this machine,
+    hpo.running.packing)."""
+    if value == "auto" or (re.fullmatch(r"[0-9]{1,4}", value) and 1 <= int(value) <= MAX_WORKERS):
         return value
-    raise typer.BadParameter(f"{value!r} is not a number >= 1 or 'auto'")
+    raise typer.BadParameter(f"{value[:20]!r} is not a number from 1 to {MAX_WORKERS} or 'auto'")
 
 
 WorkersOpt = Annotated[Optional[str], typer.Option(
