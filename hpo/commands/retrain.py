@@ -31,7 +31,12 @@ def retrain_cmd(
     study: Annotated[str, typer.Argument(help="A studies/*.toml file, or a study name in --storage.",
                                          show_default=False)],
     storage: StorageOpt = None,
-    trial: Annotated[Optional[int], typer.Option(min=0, help="Trial number to retrain (default: the best).")] = None,
+    trial: Annotated[Optional[int], typer.Option(
+        min=0, help="Trial number to retrain (default: the finalists' winner, running the finalists first when the "
+                    "study file has a [finalists] table; else the best trial).")] = None,
+    finalists: Annotated[bool, typer.Option(
+        help="Without --trial: choose by the finalists (run them first if the study file asks for them and they "
+             "have not run). --no-finalists: the best search trial.")] = True,
     target: Annotated[float, typer.Option(
         max=1.0,
         help="Test accuracy to stop at (first epoch reaching it). Changes nothing in the schedule.")] = 0.85,
@@ -49,9 +54,12 @@ def retrain_cmd(
 
     Every retrain is kept as its own record on the study (`hpo study status` and `hpo report` list them all)."""
     from hpo.results.retrain import RetrainOptions, prepare_retrain, run_retrain
+    from hpo.running.finalists import FinalistOptions, finalists_due
 
     options = RetrainOptions(storage=storage, trial=trial, target=target, max_epochs=max_epochs, out=out,
-                             resume=resume, seed=seed, data_dir=data_dir, device=device)
+                             resume=resume, seed=seed, data_dir=data_dir, device=device, finalists=finalists)
+    if trial is None and finalists:
+        finalists_due(study, storage, FinalistOptions(data_dir=data_dir, device=device))
     plan = prepare_retrain(study, options)
     typer.echo(describe_plan(plan))
 
@@ -76,6 +84,7 @@ def describe_plan(plan: Any) -> str:
     return printable_lines([
         f"retraining trial {plan.trial.number} of study {plan.study.study_name!r} (search val_acc {value}) "
         f"on all training images, test accuracy after every epoch",
+        f"why this trial: {plan.reason}",
         f"params: {plan.trial.params}",
         plan.schedule_note,
         f"run folder: {plan.out}{' (resuming its checkpoint)' if resuming else ''}",

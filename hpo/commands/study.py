@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 from pathlib import Path
 from typing import Annotated, Any, Callable, Optional, TypeVar
 
@@ -192,16 +193,20 @@ def status_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Ou
 
     name, url = locate_study(name, storage)
     status = study_status(url, name)
-    study = load_study(url, name)
+    readonly = open_existing_storage(url, read_only=True)  # inspecting never writes, not even SQLite's -wal
+    study = load_study(url, name, storage=readonly)
     # A RUNNING trial whose heartbeat is older than the grace period belongs to a dead worker (verify's check).
     grace = load_spec(study).workers.grace_period if "study_file" in study.user_attrs else None
-    stale = [p for p in check_consistency(open_existing_storage(url), name, grace_period=grace)
-             if " is RUNNING with " in p]
+    stale = [p for p in check_consistency(readonly, name, grace_period=grace) if " is RUNNING with " in p]
     retrains = retrain_records(study)
     reference = reference_retrain(retrains)
+    finalists = study.user_attrs.get("finalists")
     record = {**dataclasses.asdict(status), "stale_running": stale, "retrains": retrains,
-              "reference_retrain": reference["key"] if reference else None}
-    echo_record(record, format, format_status(status, stale, retrains, reference))
+              "reference_retrain": reference["key"] if reference else None, "finalists": finalists}
+    text = format_status(status, stale, retrains, reference)
+    if finalists:
+        text += "\n" + format_finalists(finalists)
+    echo_record(record, format, text)
 
 
 @app.command("best")
@@ -255,6 +260,29 @@ def verify_cmd(name: NameArg, storage: StorageOpt = None, format: FormatOpt = Ou
         typer.echo(printable(f"study {name}: consistent"))
 
 
+@app.command("finalists")
+def finalists_cmd(
+    name: NameArg,
+    storage: StorageOpt = None,
+    data_dir: DataDirOpt = None,
+    device: DeviceOpt = "auto",
+    format: FormatOpt = OutputFormat.table,
+) -> None:
+    """Run the study's top trials again with several seeds (its [finalists] table; default: top 3, 2 seeds, the
+    search's fidelity) and record the winner, the best mean validation accuracy, which `hpo retrain` retrains.
+    Resumes: finished finalist runs are kept."""
+    from hpo.running.finalists import FinalistOptions, run_finalists
+
+    name, url = locate_study(name, storage)
+    out = sys.stderr if format == OutputFormat.json else sys.stdout
+    try:
+        record = run_finalists(url, name, FinalistOptions(data_dir=data_dir, device=device, out=out))
+    except KeyboardInterrupt as e:
+        raise CommandInterrupted(f"{INTERRUPTED}finished finalist runs are kept; run the same command to continue",
+                                 exit_code=getattr(e, "exit_code", 130)) from None
+    echo_record(record, format, format_finalists(record))
+
+
 # ---- text of the records above ----
 
 def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, Any]] = (),
@@ -282,6 +310,22 @@ def format_status(status: Any, stale: list[str] = (), retrains: list[dict[str, A
     for r in retrains:
         mark = " <- reference" if reference is not None and r["key"] == reference["key"] else ""
         lines.append(f"retrain {describe_record(r)}{mark}")
+    return printable_lines(lines)
+
+
+def format_finalists(record: dict[str, Any]) -> str:
+    from hpo.results.records import printable_lines
+
+    lines = [f"finalists: top {len(record['rows'])} trials x {record['seeds']} seeds, {record['epochs']} epochs x "
+             f"{record['train_size'] or 'all'} training images, scored on the {record['val_size']:,}-image "
+             f"validation split"]
+    for r in record["rows"]:
+        vals = ", ".join("-" if v is None else f"{v:.4f}" for v in r["val_acc"])
+        mean = "-" if r["mean_val_acc"] is None else f"{r['mean_val_acc']:.4f}"
+        mark = "  <- winner" if r["trial"] == record["winner"] else ""
+        lines.append(f"  trial {r['trial']}: search {r['search_val_acc']:.4f}, finalist runs {vals}, mean {mean}{mark}")
+    lines.append(f"winner: trial {record['winner']} ({record['why']})" if record["winner"] is not None
+                 else "winner: none yet (some finalist runs did not finish)")
     return printable_lines(lines)
 
 

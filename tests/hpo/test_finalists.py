@@ -90,3 +90,23 @@ def test_the_winner_is_the_best_mean_not_the_best_search_value():
     assert [r["mean_val_acc"] for r in record["rows"]] == pytest.approx([0.71, 0.735, 0.735])
     unfinished = finalists_record(top, Finals({(0, 0): 0.70}), plan, spec)
     assert unfinished["winner"] is None and "no winner" not in unfinished["why"]  # a finalist without every seed never wins
+
+
+def test_the_cli_prints_and_status_shows_the_finalists(searched, tiny_cifar, tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    hpo = str(Path(sys.executable).parent / "hpo")
+    args = ["--storage", searched.storage]
+    run = subprocess.run([hpo, "study", "finalists", "fin", *args, "--data-dir", str(tiny_cifar), "--device", "cpu",
+                          "-f", "json"], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout)
+    assert record["winner"] is not None and len(record["rows"]) == 2
+    status = subprocess.run([hpo, "study", "status", "fin", *args], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert f"winner: trial {record['winner']} (best mean validation accuracy" in status.stdout
+    assert f"trial {record['winner']}: search" in status.stdout and "<- winner" in status.stdout
