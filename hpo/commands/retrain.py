@@ -4,6 +4,7 @@ program)."""
 from __future__ import annotations
 
 import enum
+import signal
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -54,6 +55,7 @@ def retrain_cmd(
 
     Every retrain is kept as its own record on the study (`hpo study status` and `hpo report` list them all)."""
     from hpo.results.retrain import RetrainOptions, prepare_retrain, run_retrain
+    from hpo.storage import interrupts_between_storage_calls
     from hpo.running.finalists import FinalistOptions, finalists_due
 
     options = RetrainOptions(storage=storage, trial=trial, target=target, max_epochs=max_epochs, out=out,
@@ -69,9 +71,10 @@ def retrain_cmd(
                    f"(target {plan.target:g}) {m['images_per_s']:.0f} img/s ({m['train_time_s']:.1f}s){mark}")
 
     try:
-        result = run_retrain(plan, report=show)
-    except KeyboardInterrupt:
-        raise CommandInterrupted(interrupted_message(plan.out)) from None
+        with interrupts_between_storage_calls(signal.SIGTERM):  # SIGTERM (timeout, a scheduler) stops it like Ctrl-C
+            result = run_retrain(plan, report=show)
+    except KeyboardInterrupt as e:  # the study records the retrain as interrupted; --resume continues it
+        raise CommandInterrupted(interrupted_message(plan.out), exit_code=getattr(e, "exit_code", 130)) from None
     typer.echo(describe_result(result))
     _warn_outdated_exports(plan.out)
 
