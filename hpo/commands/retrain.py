@@ -38,11 +38,12 @@ def retrain_cmd(
     finalists: Annotated[bool, typer.Option(
         help="Without --trial: choose by the finalists (run them first if the study file asks for them and they "
              "have not run). --no-finalists: the best search trial.")] = True,
-    target: Annotated[float, typer.Option(
-        max=1.0,
-        help="Test accuracy to stop at (first epoch reaching it). Changes nothing in the schedule.")] = 0.85,
-    max_epochs: Annotated[int, typer.Option(
-        min=1, help="Epoch budget; the LR schedule is sized for it (epochs = max_epochs).")] = 30,
+    target: Annotated[Optional[float], typer.Option(
+        max=1.0, help="Test accuracy to stop at (first epoch reaching it). Changes nothing in the schedule. "
+                      "Default: the study file's [retrain] target, else 0.85.")] = None,
+    max_epochs: Annotated[Optional[int], typer.Option(
+        min=1, help="Epoch budget; the LR schedule is sized for it (epochs = max_epochs). Default: the study "
+                    "file's [retrain] max_epochs, else 30.")] = None,
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", help="Run folder (default: runs/retrain/<study>/trial<N>); one that holds a retrain is "
                             "refused unless --resume.")] = None,
@@ -86,7 +87,8 @@ def describe_plan(plan: Any) -> str:
     resuming = plan.options.resume and (plan.out / "checkpoint.pt").exists()
     return printable_lines([
         f"retraining trial {plan.trial.number} of study {plan.study.study_name!r} (search val_acc {value}) "
-        f"on all training images, test accuracy after every epoch",
+        f"on {f'{plan.data.train_size:,} of the' if plan.data.train_size else 'all'} training images, test accuracy "
+        f"after every epoch",
         f"why this trial: {plan.reason}",
         f"params: {plan.trial.params}",
         plan.schedule_note,

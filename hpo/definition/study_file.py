@@ -56,6 +56,7 @@ STUDY_KEYS = {"name": str, "storage": str, "trials": int, "timeout": float, "tar
 BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int}
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
 FINALIST_KEYS = {"top": int, "seeds": int, "epochs": int, "train_size": int}
+RETRAIN_KEYS = {"target": float, "max_epochs": int, "train_size": int}
 # Options that may be 0; every other number in a study file must be > 0.
 ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
 # Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
@@ -68,11 +69,11 @@ UPPER = {
     "heartbeat_interval": 3_600, "grace_period": 7 * 86_400, "max_retry": 100,
     "seed": 2**31 - 1, "n_startup_trials": 1_000_000, "n_warmup_steps": MAX_EPOCHS, "interval_steps": MAX_EPOCHS,
     "n_min_trials": 1_000_000, "min_resource": MAX_EPOCHS, "max_resource": MAX_EPOCHS, "reduction_factor": 100,
-    "min_early_stopping_rate": 100, "top": 100, "seeds": 100,
+    "min_early_stopping_rate": 100, "top": 100, "seeds": 100, "target": 1.0, "max_epochs": MAX_EPOCHS,
 }
 # Study names become folder names (artifacts/<name>, runs/retrain/<name>) and output lines.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
-TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space", "finalists")
+TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space", "finalists", "retrain")
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,15 @@ class FinalistSpec:
 
 
 @dataclass(frozen=True)
+class RetrainSpec:
+    """How `hpo retrain` retrains this study's trial unless its command line says otherwise."""
+
+    target: float = 0.85  # test accuracy that stops training early (changes nothing in the schedule)
+    max_epochs: int = 30  # the schedule's length
+    train_size: int | None = None  # training images (class-balanced subset); None = all 50k
+
+
+@dataclass(frozen=True)
 class StudySpec:
     name: str
     storage: str  # SQLAlchemy URL
@@ -127,6 +137,7 @@ class StudySpec:
     stop_on_target: bool = False  # stop every worker once a trial reaches target_accuracy
     max_params: int | None = None  # configurations with more parameters are rejected before training
     finalists: FinalistSpec | None = None  # [finalists]: re-run the top trials with several seeds before a retrain
+    retrain: RetrainSpec = field(default_factory=RetrainSpec)  # [retrain]: the retrain's defaults
     artifact_dir: str = ""  # absolute folder of the optuna artifact store
     raw: dict[str, Any] = field(default_factory=dict)  # the parsed file, overrides applied, storage password removed
 
@@ -199,6 +210,7 @@ def _spec_from_dict(raw: dict) -> StudySpec:
         target_accuracy=study.get("target_accuracy"), stop_on_target=study.get("stop_on_target", False),
         max_params=study.get("max_params"), artifact_dir=str(_artifact_dir(study)), raw=raw,
         finalists=FinalistSpec(**_typed("[finalists]", raw["finalists"], FINALIST_KEYS)) if "finalists" in raw else None,
+        retrain=RetrainSpec(**_typed("[retrain]", raw.get("retrain", {}), RETRAIN_KEYS)),
     )
 
 

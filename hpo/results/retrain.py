@@ -45,8 +45,6 @@ from hpo.definition.space import suggest_config
 from hpo.running.study import load_study
 from hpo.definition.study_file import StudySpec, spec_from_dict
 
-DEFAULT_TARGET = 0.85  # test accuracy
-DEFAULT_MAX_EPOCHS = 30
 REPLAY_FREE = ("epochs", "seed")  # the only fields a retrain may change relative to the searched trial
 ARTIFACT_FILES = ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv", "learning_curve.html")
 
@@ -61,9 +59,9 @@ class RetrainOptions:
     trial: int | None = None  # trial number; None = the finalists' winner when finalists ran, else the best trial
     finalists: bool = True  # False: without --trial, the best search trial even where finalists ran
     # Test accuracy to stop at. Not the study's target_accuracy: that one is a validation accuracy after the
-    # short per-trial budget, this one is the final figure on the 10k test set.
-    target: float = DEFAULT_TARGET
-    max_epochs: int = DEFAULT_MAX_EPOCHS  # the LR schedule is sized for this many epochs
+    # short per-trial budget, this one is the final figure on the 10k test set. None: the study file's [retrain].
+    target: float | None = None
+    max_epochs: int | None = None  # the LR schedule is sized for this many epochs; None: the study file's [retrain]
     out: Path | None = None  # run folder; None = runs/retrain/<study>/trial<N> under the cwd
     resume: bool = False  # continue the run folder's checkpoint
     seed: int | None = None  # training seed; None = the trial's
@@ -72,9 +70,9 @@ class RetrainOptions:
     progress: bool | None = None  # per-epoch progress bar; None = when stderr is a TTY
 
     def __post_init__(self) -> None:
-        if self.max_epochs < 1:
+        if self.max_epochs is not None and self.max_epochs < 1:
             raise RetrainError(f"--max-epochs must be >= 1, got {self.max_epochs}")
-        if not 0 < self.target <= 1:
+        if self.target is not None and not 0 < self.target <= 1:
             raise RetrainError(f"--target must be a test accuracy in (0, 1], got {self.target}")
 
 
@@ -142,7 +140,8 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     trial, reason = choose_trial(study, options)
     cfg = replay_config(spec, trial)
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
-    cfg = cfg.replace(epochs=options.max_epochs, seed=seed)
+    max_epochs = options.max_epochs or spec.retrain.max_epochs
+    cfg = cfg.replace(epochs=max_epochs, seed=seed)
     out = Path(options.out or Path("runs/retrain") / study.study_name / f"trial{trial.number}").resolve()
     if out.exists() and not out.is_dir():  # refused before a record of the retrain is written on the study
         raise RetrainError(f"--out {out} is a file, not a run folder: choose another --out")
@@ -152,8 +151,9 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     if options.resume:
         check_resumable(out / "checkpoint.pt", cfg)  # names what differs: another trial, seed or --max-epochs
     artifact_dir = study_artifact_dir(study.user_attrs, url, spec.artifact_dir or Path("artifacts") / study.study_name)
-    return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=DataConfig(val_size=0, test_size=None),
-                       target=float(options.target), out=out, artifact_dir=artifact_dir, options=options,
+    data = DataConfig(train_size=spec.retrain.train_size, val_size=0, test_size=None)
+    target = options.target if options.target is not None else spec.retrain.target
+    return RetrainPlan(study=study, trial=trial, spec=spec, cfg=cfg, data=data, target=float(target), out=out, artifact_dir=artifact_dir, options=options,
                        storage_url=url, reason=reason)
 
 
