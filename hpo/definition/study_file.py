@@ -53,7 +53,9 @@ PRUNER_OPTIONS: dict[str, dict[str, type]] = {
 # Tables of a study file and their keys (type, or None for tables validated elsewhere).
 STUDY_KEYS = {"name": str, "storage": str, "trials": int, "timeout": float, "target_accuracy": float,
               "stop_on_target": bool, "max_params": int, "artifact_dir": str}
-BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int}
+BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int, "rungs": list}
+RUNG_KEYS = {"epochs": int, "train_size": int}
+MAX_RUNGS = 8
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
 FINALIST_KEYS = {"top": int, "seeds": int, "epochs": int, "train_size": int}
 RETRAIN_KEYS = {"target": float, "max_epochs": int, "train_size": int}
@@ -102,6 +104,18 @@ class WorkerSpec:
 
 
 @dataclass(frozen=True)
+class Rung:
+    """A complete cheaper run a trial makes before its full budget (budget-aware multi-fidelity)."""
+
+    epochs: int
+    train_size: int
+
+    @property
+    def image_epochs(self) -> int:
+        return self.epochs * self.train_size
+
+
+@dataclass(frozen=True)
 class FinalistSpec:
     """After the search, its `top` trials run again with `seeds` seeds on the validation split at this fidelity
     (hpo.running.finalists); the best mean validation accuracy wins and is what `hpo retrain` retrains."""
@@ -128,6 +142,9 @@ class StudySpec:
     base: TrainConfig  # the recipe every trial starts from; epochs = the per-trial budget
     data: DataConfig  # the per-trial data budget (training subset, validation size; no test set)
     space: SearchSpace
+    # [budget] rungs: complete cheaper runs, cheapest first, each scored and offered to the pruner before the next
+    # (hpo.running.objective); () = one run of the full budget, scored every epoch.
+    rungs: tuple[Rung, ...] = ()
     sampler: SamplerSpec = field(default_factory=SamplerSpec)
     pruner: PrunerSpec = field(default_factory=PrunerSpec)
     workers: WorkerSpec = field(default_factory=WorkerSpec)
@@ -196,13 +213,14 @@ def _spec_from_dict(raw: dict) -> StudySpec:
             raise StudyFileError(f"missing [{table}] table")
     study = _parse_study(raw["study"])
     base, data = _parse_budget(raw.get("budget", {}), raw.get("train", {}))
+    rungs = _parse_rungs(raw.get("budget", {}).get("rungs", []), base, data)
     space = parse_space(raw["space"])
     _check_space(space, base)
     storage = study.get("storage", DEFAULT_STORAGE)
     if "storage" in raw["study"]:
         raw["study"]["storage"] = hide_password(storage, None)
     return StudySpec(
-        name=study["name"], storage=storage, base=base, data=data, space=space,
+        name=study["name"], storage=storage, base=base, data=data, space=space, rungs=rungs,
         sampler=SamplerSpec(*_parse_kind("sampler", raw.get("sampler", {}), SAMPLER_OPTIONS, "tpe")),
         pruner=PrunerSpec(*_parse_kind("pruner", raw.get("pruner", {}), PRUNER_OPTIONS, "median")),
         workers=_parse_workers(raw.get("workers", {})),
@@ -272,7 +290,8 @@ def _check_keys(where: str, values: Any, known: dict[str, Any]) -> None:
 
 
 def _type_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}[kind]
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            list: "a list of tables"}[kind]
 
 
 def _parse_kind(table: str, values: dict[str, Any], kinds: dict[str, dict[str, type]],
@@ -311,6 +330,27 @@ def _parse_budget(budget: dict[str, Any], train: dict[str, Any]) -> tuple[TrainC
     if data.val_size == 0:
         raise StudyFileError("[budget] val_size must be > 0: trials are scored on the validation split")
     return base, data
+
+
+def _parse_rungs(values: list[Any], base: TrainConfig, data: DataConfig) -> tuple[Rung, ...]:
+    """[budget] rungs = [{ epochs = .., train_size = .. }, ...]: each cheaper (epochs x images) than the next, the
+    last cheaper than the full budget."""
+    if len(values) > MAX_RUNGS:
+        raise StudyFileError(f"[budget] rungs: at most {MAX_RUNGS}, got {len(values)}")
+    rungs = []
+    for i, value in enumerate(values):
+        if not isinstance(value, dict):
+            raise StudyFileError(f"[budget] rungs[{i}] must be a table like {{ epochs = 2, train_size = 2000 }}")
+        fields = _typed(f"[budget] rungs[{i}]", value, RUNG_KEYS)
+        if set(fields) != set(RUNG_KEYS):
+            raise StudyFileError(f"[budget] rungs[{i}] needs both epochs and train_size")
+        rungs.append(Rung(**fields))
+    full = base.epochs * (data.train_size or TRAIN_IMAGES - data.val_size)
+    costs = [r.image_epochs for r in rungs] + [full]
+    if any(a >= b for a, b in zip(costs, costs[1:])):
+        raise StudyFileError(f"[budget] rungs must cost less and less (epochs x train_size, then the full budget "
+                             f"{base.epochs} x {data.train_size or 'all'}), cheapest first; got {costs}")
+    return tuple(rungs)
 
 
 def _parse_workers(values: dict[str, Any]) -> WorkerSpec:

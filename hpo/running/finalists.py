@@ -94,7 +94,7 @@ def finalist_fidelity(spec: StudySpec, plan: FinalistSpec) -> StudySpec:
     """The search spec at the finalists' fidelity: epochs and training subset from [finalists]."""
     base = spec.base.replace(epochs=plan.epochs or spec.base.epochs)
     data = dataclasses.replace(spec.data, train_size=plan.train_size or spec.data.train_size)
-    return dataclasses.replace(spec, name=finalist_study_name(spec.name), base=base, data=data,
+    return dataclasses.replace(spec, name=finalist_study_name(spec.name), base=base, data=data, rungs=(),
                                max_params=None, stop_on_target=False)
 
 

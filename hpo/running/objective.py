@@ -9,6 +9,14 @@ What a trial leaves in storage (the conventions retraining and the dashboard rea
   that continued a dead attempt's checkpoint, see hpo.running.checkpoints), "placement" (where Ray put the worker),
   intermediate values step = epoch (1-based) -> val_acc; the value = the best val_acc (maximised).
 
+A study with [budget] rungs (budget-aware multi-fidelity): before its full run, a trial makes each rung's
+complete cheaper run (its own full schedule, on that many images, scored once after its last epoch on the
+validation split), reports rung i's val_acc at step RUNG_BASE**i and asks the pruner; the full run then
+reports its best val_acc at step RUNG_BASE**len(rungs) (its per-epoch curve is recorded, not reported). Steps
+1, 3, 9, ... are the rungs of optuna's SuccessiveHalvingPruner / HyperbandPruner with min_resource 1 and
+reduction_factor 3. user_attrs "rungs" (one row per finished rung), "pruned_at_rung". A re-run of a dead
+attempt keeps the rungs the attempt finished.
+
 Over-budget configurations (params > max_params) are PRUNED, not FAILED, before any training, with an
 infeasible constraint (`trial.set_constraint`). Why pruned: optuna's samplers ignore FAILED trials, so a
 failed giant would be proposed again and again; a pruned trial with a violated constraint is ranked among the
@@ -26,14 +34,15 @@ from typing import Any
 import optuna
 import torch
 
-from cifarnet.data import Splits
+from cifarnet.config import TrainConfig
+from cifarnet.data import CIFAR10, Splits, make_splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, precision, resolve_device, train
-from hpo.running.checkpoints import TrialCheckpoint
+from hpo.running.checkpoints import TrialCheckpoint, retry_history
 from hpo.definition.space import suggest_config
 from hpo.running.study import INTERRUPTED_REASON, request_stop
-from hpo.definition.study_file import StudySpec
+from hpo.definition.study_file import Rung, StudySpec
 
 # Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
 # NaN/inf loss and bad searched configs (CifarNetError), and a too-wide network on a small GPU.
@@ -43,15 +52,18 @@ STOP_REASON = "stopped: another trial reached the study's target accuracy"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
 # Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.running.ray_workers).
 PLACEMENT: dict[str, Any] = {}
+RUNG_BASE = 3  # rung i reports at step 3**i (see the module doc)
 
 
 class Objective:
     """`study.optimize(Objective(spec, splits, opts, store))`; returns the best validation accuracy of a trial.
     `store` is the study's artifact folder on this machine, where each trial checkpoints (hpo.running.checkpoints)."""
 
-    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path):
+    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path, cifar: CIFAR10 | None = None):
         self.spec, self.splits, self.opts, self.store = spec, splits, opts, store
         self.device = str(resolve_device(opts.device))
+        self.cifar = cifar  # the whole training pool, for the rungs' smaller subsets
+        self._rung_splits: dict[int, Splits] = {}
 
     def __call__(self, trial: optuna.Trial) -> float:
         checkpoint = TrialCheckpoint.of(trial, self.store)
@@ -86,7 +98,9 @@ class Objective:
             trial.set_user_attr(key, value)
         if spec.max_params is not None and stats.params > spec.max_params:
             reject_over_budget(trial, stats.params, spec.max_params)
-        reporter = EpochReporter(trial, spec)
+        if spec.rungs:
+            self._run_rungs(trial, cfg)  # raises TrialPruned where the pruner stops the trial
+        reporter = EpochReporter(trial, spec, report_steps=not spec.rungs)
         trial.set_user_attr("checkpoint", checkpoint.relative(trial.number))
         resumed_from, finished = checkpoint.resume()
         if resumed_from is not None:
@@ -96,7 +110,45 @@ class Objective:
             reporter(metrics["epoch"], metrics)
         opts = dataclasses.replace(self.opts, checkpoint=checkpoint.path, resume=resumed_from is not None)
         train(cfg, self.splits, reporter, opts)
-        return max(m["val_acc"] for m in reporter.curve)
+        value = max(m["val_acc"] for m in reporter.curve)
+        if spec.rungs:
+            trial.report(value, step=RUNG_BASE ** len(spec.rungs))
+        return value
+
+    def _run_rungs(self, trial: optuna.Trial, cfg: TrainConfig) -> None:
+        done = _rungs_of_earlier_attempt(trial)
+        rows: list[dict[str, Any]] = []
+        for i, rung in enumerate(self.spec.rungs):
+            row = done[i] if i < len(done) else self._train_rung(i, rung, cfg)
+            rows.append(row)
+            trial.set_user_attr("rungs", rows)
+            trial.report(row["val_acc"], step=RUNG_BASE ** i)
+            if trial.should_prune():
+                trial.set_user_attr("pruned_at_rung", i)
+                raise optuna.TrialPruned(f"val_acc {row['val_acc']:.4f} at rung {i}")
+
+    def _train_rung(self, i: int, rung: Rung, cfg: TrainConfig) -> dict[str, Any]:
+        """Rung i's complete run: `rung.epochs` with their own schedule on `rung.train_size` images, scored after
+        the last epoch (no checkpoint: a rung is short, and a re-run repeats only an unfinished one)."""
+        if rung.train_size not in self._rung_splits:
+            if self.cifar is None:
+                raise CifarNetError("this study has [budget] rungs: its objective needs the whole training pool")
+            data = dataclasses.replace(self.spec.data, train_size=rung.train_size)
+            self._rung_splits[rung.train_size] = make_splits(self.cifar, data)
+        opts = dataclasses.replace(self.opts, checkpoint=None, resume=False, evaluate_every_epoch=False)
+        history = train(cfg.replace(epochs=rung.epochs), self._rung_splits[rung.train_size], None, opts).history
+        return {"rung": i, "epochs": rung.epochs, "train_size": rung.train_size, "val_acc": history[-1]["val_acc"],
+                "train_time_s": sum(m["train_time_s"] for m in history),
+                "eval_time_s": sum(m["eval_time_s"] for m in history)}
+
+
+def _rungs_of_earlier_attempt(trial: optuna.Trial) -> list[dict[str, Any]]:
+    """The rungs the newest earlier attempt of this trial finished (a re-run after its worker died)."""
+    earlier = retry_history(trial)
+    if not earlier:
+        return []
+    attempts = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
+    return list(attempts[earlier[-1]].user_attrs.get("rungs", [])) if earlier[-1] in attempts else []
 
 
 def reject_over_budget(trial: optuna.Trial, params: int, max_params: int) -> None:
@@ -114,8 +166,8 @@ class EpochReporter:
     TrialPruned when the pruner says so, and handles the study-wide stop flag (see hpo.running.study).
     """
 
-    def __init__(self, trial: optuna.Trial, spec: StudySpec):
-        self.trial, self.spec = trial, spec
+    def __init__(self, trial: optuna.Trial, spec: StudySpec, report_steps: bool = True):
+        self.trial, self.spec, self.report_steps = trial, spec, report_steps
         self.curve: list[dict[str, Any]] = []
         self.epoch_times: list[float] = []
 
@@ -125,13 +177,14 @@ class EpochReporter:
         self.epoch_times.append(metrics["train_time_s"] + metrics["eval_time_s"])
         trial.set_user_attr("curve", self.curve)
         trial.set_user_attr("epoch_times", self.epoch_times)
-        trial.report(val_acc, step=epoch)
+        if self.report_steps:
+            trial.report(val_acc, step=epoch)
         target = self.spec.target_accuracy
         if self.spec.stop_on_target and target is not None and val_acc >= target:
             # This trial finishes its budget (its value stays comparable); every other worker stops.
             request_stop(trial.study, f"trial {trial.number} reached val_acc {val_acc:.4f} >= {target}")
             return
-        if trial.should_prune():
+        if self.report_steps and trial.should_prune():
             trial.set_user_attr("pruned_at_epoch", epoch)
             raise optuna.TrialPruned(f"val_acc {val_acc:.4f} at epoch {epoch}")
         if self.spec.stop_on_target and trial.study.user_attrs.get("stop_requested"):

@@ -139,10 +139,11 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     storage, study = _open_study(spec)
     budget = _stored_budget(study, spec)
     study.sampler = build_sampler(spec, seed_offset, budget.first_trial)
-    splits = make_splits(load_cifar10(opts.data_dir), spec.data)
+    cifar = load_cifar10(opts.data_dir)
+    splits = make_splits(cifar, spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     artifact_dir = study_artifact_dir(study.user_attrs, spec.storage, spec.artifact_dir)
-    runner = TrialRunner(Objective(spec, splits, run_opts, artifact_dir), artifact_dir)
+    runner = TrialRunner(Objective(spec, splits, run_opts, artifact_dir, cifar), artifact_dir)
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
         try:
