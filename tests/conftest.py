@@ -102,19 +102,38 @@ def real_cifar() -> Path:
     return REAL_CIFAR
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def storage_url(request, tmp_path) -> str:
-    """A real SQLite file, or the real PostgreSQL server (studies created by the test are deleted after)."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'study.db'}"
-        return
+@pytest.fixture(scope="session")
+def real_cifar_data(real_cifar):
+    """load_cifar10(real_cifar), loaded once for the session (seconds each time); tests only read it."""
+    from cifarnet.data import load_cifar10
+
+    return load_cifar10(real_cifar)
+
+
+@pytest.fixture
+def pg_url(study_name) -> str:
+    """The real PostgreSQL server; the studies the test created, named after its study_name, are deleted after.
+    Only those: other test runs share the server, and a study one of them created meanwhile is still in use."""
     import optuna
 
-    before = {s.study_name for s in optuna.get_all_study_summaries(POSTGRES_URL)}
+    from tests.helpers import storage_for  # one connection pool for the session (tests.helpers imports this module)
+
     yield POSTGRES_URL
-    for s in optuna.get_all_study_summaries(POSTGRES_URL):
-        if s.study_name not in before:
-            optuna.delete_study(study_name=s.study_name, storage=POSTGRES_URL)
+    storage = storage_for(POSTGRES_URL)
+    for name in optuna.get_all_study_names(storage):
+        if name.startswith(study_name):
+            optuna.delete_study(study_name=name, storage=storage)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def storage_url(request, tmp_path) -> str:
+    """A real SQLite file, or the real PostgreSQL server (studies created by the test are deleted after).
+    Tests of what storage does run on both; a test of what the objective or a command does on any storage
+    narrows it with @pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'study.db'}"
+    else:
+        yield request.getfixturevalue("pg_url")
 
 
 @pytest.fixture
