@@ -2,16 +2,17 @@
 
 The study under test is a real one, run by the study service (`hpo.running.worker.start_study`, what `hpo study start`
 calls) on the tiny CIFAR set: its trials carry the user_attrs the objective writes and the study its
-"study_file", so retrain is tested against exactly what a search leaves in storage.
+"study_file", so retrain is tested against exactly what a search leaves in storage. It is trained once for the
+module (trained_study) and each test gets a copy of its database and artifacts (sqlite_study).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
+import shutil
 import signal
-import subprocess
-import sys
+import sqlite3
 from pathlib import Path
 
 import optuna
@@ -28,13 +29,14 @@ from hpo.results.retrain_records import retrain_records
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import TINY_DATA, TINY_TRAIN
+from tests.helpers import hpo_popen, one_error_line, run_cli
 
-HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tests/conftest.py sets one torch thread; the CLI too
 TIMING_KEYS = ("train_time_s", "eval_time_s", "images_per_s")  # the only metrics allowed to differ between runs
 N_TRIALS = 4
-# max_params sits between width4 = 8 and 12: every trial with width4 = 12 is rejected before training, and so is
-# trial 0 (the original CifarNet's width4 = 128 moves to the nearest choice, 12): real PRUNED trials.
+NAME = "retrain-tiny"  # the module's trained study (trained_study); each test works on a copy of it
+# max_params sits between width4 = 8 and 12: every trial with width4 = 12 is narrowed to fit before training (so is
+# trial 0, the original CifarNet, whose width4 = 128 moves to the nearest choice, 12), and its retrain must replay
+# that narrowed model. The last trial is a PRUNED one (stopped after its first epoch).
 STUDY_TOML = """
 [study]
 name = "{name}"
@@ -77,14 +79,39 @@ def make_study(url: str, name: str, root: Path, data: Path) -> optuna.Study:
     start_study(load_study_file(path), WorkerOptions(data_dir=str(data), device="cpu", threads=1))
     study = optuna.load_study(study_name=name, storage=url)
     states = [t.state for t in study.trials]
-    assert states[0] == TrialState.PRUNED and states.count(TrialState.COMPLETE) >= 2, states
+    assert states == [TrialState.COMPLETE] * N_TRIALS, states
+    assert any("fitted_widths" in t.user_attrs for t in study.trials)
+    last = study.trials[-1]  # as a pruner leaves a trial: its parameters, one epoch, no value
+    study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params=last.params,
+                                              distributions=last.distributions,
+                                              user_attrs={**last.user_attrs, "curve": last.user_attrs["curve"][:1]}))
     return study
 
 
+@pytest.fixture(scope="module")
+def trained_study(tmp_path_factory, tiny_cifar) -> Path:
+    """A folder holding study.db (NAME, trained once for the module by make_study), its artifacts/ and its study
+    file; tests work on copies of it (copy_study), so each may add trials and retrains of its own."""
+    root = tmp_path_factory.mktemp("trained_study")
+    db = root / "study.db"
+    make_study(f"sqlite:///{db}", NAME, root, tiny_cifar)
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything in study.db itself before it is copied
+    return root
+
+
+def copy_study(trained: Path, folder: Path) -> tuple[optuna.Study, str]:
+    """The trained study copied into `folder` (folder/study.db, its artifacts/ beside it, folder/NAME.toml
+    naming that database): a database copied with its artifacts works in its new place (README, Paths)."""
+    shutil.copytree(trained, folder, dirs_exist_ok=True)
+    url = f"sqlite:///{folder / 'study.db'}"
+    (folder / f"{NAME}.toml").write_text(STUDY_TOML.format(name=NAME, url=url, n_trials=N_TRIALS, root=folder))
+    return optuna.load_study(study_name=NAME, storage=url), url
+
+
 @pytest.fixture
-def sqlite_study(tmp_path, study_name, tiny_cifar) -> tuple[optuna.Study, str]:
-    url = f"sqlite:///{tmp_path / 'study.db'}"
-    return make_study(url, study_name, tmp_path, tiny_cifar), url
+def sqlite_study(trained_study, tmp_path) -> tuple[optuna.Study, str]:
+    return copy_study(trained_study, tmp_path)
 
 
 def _options(url: str, data: Path, out: Path, **kw) -> RetrainOptions:
@@ -142,12 +169,10 @@ def test_a_trial_stored_before_a_config_field_existed_replays_to_its_default(sql
 def test_the_committed_quick_study_of_an_older_version_still_reads_and_retrains(tiny_cifar, tmp_path):
     """results/quick/hpo.db predates retrain records ("retrain" user_attr) and tta_shift: `hpo study status`
     still headlines its 85% retrain, and its best trial still replays for a retrain."""
-    import shutil
-
     db = tmp_path / "quick.db"
     shutil.copy(Path(__file__).resolve().parents[2] / "results" / "quick" / "hpo.db", db)
     url = f"sqlite:///{db}"
-    status = subprocess.run([HPO, "study", "status", "quick", "--storage", url], capture_output=True, text=True)
+    status = run_cli("study", "status", "quick", "--storage", url)
     assert status.returncode == 0, status.stderr
     assert "retrain trial 11: reached target 0.85 at epoch 29, best test acc 0.8561" in status.stdout
     assert status.stdout.rstrip().endswith("<- reference")
@@ -184,9 +209,9 @@ def test_retrain_killed_mid_run_resumes_to_the_same_result_as_an_uninterrupted_o
                                                                                    tmp_path):
     study, url = sqlite_study
     straight = retrain_best(study.study_name, _options(url, tiny_cifar, tmp_path / "a", target=1.0, max_epochs=6))
-    args = [HPO, "retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "6",
+    args = ["retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "6",
             "--out", str(tmp_path / "b"), "--data-dir", str(tiny_cifar), "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, text=True, env={**ENV, "PYTHONUNBUFFERED": "1"})
+    proc = hpo_popen(*args)  # a process of its own: killed below
     for line in proc.stdout:
         if line.startswith("epoch 1/6"):
             proc.send_signal(signal.SIGKILL)  # no handler, no cleanup: like a lost machine
@@ -198,12 +223,12 @@ def test_retrain_killed_mid_run_resumes_to_the_same_result_as_an_uninterrupted_o
     assert [r["status"] for r in records] == ["missed", "running"]  # the straight run's record, then the killed one
     with pytest.raises(RetrainError, match="--resume"):  # a fresh run must not overwrite the checkpoint
         prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "b", target=1.0, max_epochs=6))
-    done = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120, env=ENV)
+    done = run_cli(*args, "--resume")  # the checkpoint is what carries over: this process may resume it
     assert done.returncode == 0, done.stderr
     assert "resuming its checkpoint" in done.stdout and "MISSED target 1" in done.stdout
     assert f"final {straight.final_test_acc:.4f}, best {straight.best_test_acc:.4f}" in done.stdout
     _assert_same_run(tmp_path / "a", tmp_path / "b")
-    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=120, env=ENV)  # ended
+    again = run_cli(*args, "--resume")  # ended
     assert again.returncode == 0 and "MISSED target 1" in again.stdout, again.stderr
     records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
     assert [r["status"] for r in records] == ["missed", "missed"]  # still one record per run folder
@@ -219,8 +244,12 @@ def _assert_same_run(a: Path, b: Path) -> None:
         assert all(torch.equal(wa["state_dict"][k], wb["state_dict"][k]) for k in wa["state_dict"])
 
 
-def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, tiny_cifar, tmp_path):
-    best = make_study(storage_url, study_name, tmp_path, tiny_cifar).best_trial.number
+def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, trained_study, tiny_cifar, tmp_path):
+    if storage_url.startswith("sqlite"):  # storage_url is tmp_path/study.db: where copy_study puts the copy
+        study_name = copy_study(trained_study, tmp_path)[0].study_name
+    else:
+        make_study(storage_url, study_name, tmp_path, tiny_cifar)
+    best = optuna.load_study(study_name=study_name, storage=storage_url).best_trial.number
     out = tmp_path / "run"
     result = retrain_best(study_name, _options(storage_url, tiny_cifar, out, target=1.0, max_epochs=2))
     assert result.status == "missed" and result.epochs_to_target is None and result.epochs_run == 2
@@ -249,18 +278,16 @@ def test_outcome_and_artifacts_are_stored_in_the_study(storage_url, study_name, 
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--trial", "99"], f"has no trial 99 (trials are 0..{N_TRIALS - 1})"),
-    (["--trial", "0"], "trial 0 of study '{name}' is PRUNED, not COMPLETE"),
+    (["--trial", "99"], f"has no trial 99 (trials are 0..{N_TRIALS})"),
+    (["--trial", str(N_TRIALS)], f"trial {N_TRIALS} of study '{{name}}' is PRUNED, not COMPLETE"),
     ([], "no study named 'no-such-study'"),
 ])
 def test_cli_bad_input_is_one_clear_line(sqlite_study, tiny_cifar, tmp_path, extra, message):
     study, url = sqlite_study
     name = "no-such-study" if not extra else study.study_name
-    r = subprocess.run([HPO, "retrain", name, "--storage", url, "--data-dir", str(tiny_cifar),
-                        "--out", str(tmp_path / "run"), *extra], capture_output=True, text=True, timeout=60, env=ENV)
-    assert r.returncode == 1
-    assert r.stderr.strip() == r.stderr.strip().splitlines()[0]  # one line, no traceback
-    assert r.stderr.startswith("error: ") and message.format(name=study.study_name) in r.stderr
+    r = run_cli("retrain", name, "--storage", url, "--data-dir", str(tiny_cifar), "--out", str(tmp_path / "run"),
+                *extra)
+    assert message.format(name=study.study_name) in one_error_line(r)  # exit 1, one line, no traceback
     assert not (tmp_path / "run").exists()
 
 
@@ -289,26 +316,14 @@ def test_every_output_that_cannot_be_written_is_one_clear_line(sqlite_study, tin
         "export to a folder": (["export", str(tmp_path / "run"), "--format", "onnx", "-o", str(folder), *data],
                                f"cannot write {folder}: it is a folder (name a file)"),
     }
-    driver = (  # one process for every case: torch is imported once
-        "import contextlib, io, json, sys\nfrom hpo.cli import main\nout = {}\n"
-        "for case, args in json.loads(sys.argv[1]).items():\n"
-        "    err, std = io.StringIO(), io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(std):\n"
-        "        try:\n            main(args); code = 0\n"
-        "        except SystemExit as e:\n            code = e.code\n"
-        "    out[case] = [code, std.getvalue(), err.getvalue()]\n"
-        "print(json.dumps(out))\n")
     run_toml = tmp_path / "tiny-run.toml"
     run_toml.write_text(to_toml(TINY_TRAIN, TINY_DATA))
-    made = subprocess.run([HPO, "train", "--config", str(run_toml), "--epochs", "1", "-o", str(tmp_path / "run"),
-                           *data], capture_output=True, text=True, timeout=120, env=ENV)  # the folder export reads
-    assert made.returncode == 0, made.stderr
+    made = run_cli("train", "--config", str(run_toml), "--epochs", "1", "-o", str(tmp_path / "run"), *data)
+    assert made.returncode == 0, made.stderr  # the folder export reads
     attrs = optuna.load_study(study_name=name, storage=url).user_attrs
-    r = subprocess.run([sys.executable, "-c", driver, json.dumps({c: a for c, (a, _) in cases.items()})],
-                       capture_output=True, text=True, cwd=tmp_path, timeout=300, env=ENV)
-    assert r.returncode == 0, r.stderr
-    for case, (code, stdout, stderr) in json.loads(r.stdout).items():
-        assert (code, stdout, stderr) == (1, "", f"error: {cases[case][1]}\n"), case
+    for case, (args, message) in cases.items():
+        r = run_cli(*args)
+        assert (r.returncode, r.stdout, r.stderr) == (1, "", f"error: {message}\n"), case
     assert not list(tmp_path.rglob(".*.tmp")) and sorted(p.name for p in folder.iterdir()) == []
     assert a_file.read_text() == "not a folder"
     assert optuna.load_study(study_name=name, storage=url).user_attrs == attrs  # no retrain record added
@@ -323,11 +338,9 @@ def test_failed_retrain_is_recorded_as_failed_with_its_reason(sqlite_study, tiny
     retrain_best(study.study_name, _options(url, tiny_cifar, out, target=1.0, max_epochs=1))
     ck = out / "checkpoint.pt"
     ck.write_bytes(b"" if damage == "empty" else ck.read_bytes()[:1000])
-    r = subprocess.run([HPO, "retrain", study.study_name, "--storage", url, "--data-dir", str(tiny_cifar),
-                        "--max-epochs", "1", "--target", "1.0", "--out", str(out), "--resume"], capture_output=True,
-                       text=True, timeout=120, env=ENV)
-    assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
-    assert r.stderr.startswith(f"error: {ck} is truncated or not a checkpoint")
+    r = run_cli("retrain", study.study_name, "--storage", url, "--data-dir", str(tiny_cifar), "--max-epochs", "1",
+                "--target", "1.0", "--out", str(out), "--resume")
+    assert one_error_line(r).startswith(f"error: {ck} is truncated or not a checkpoint")
     records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
     # The damaged checkpoint is refused before training; no record of this attempt may say "running".
     assert records[0]["status"] == "missed" and all(r["status"] != "running" for r in records)
@@ -364,14 +377,12 @@ def test_every_retrain_is_kept_and_the_reference_is_the_one_that_reached_its_tar
     assert (real.status, quick.status) == ("reached", "missed") and real.record_key != quick.record_key
     records = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
     assert [r["key"] for r in records] == [real.record_key, quick.record_key]  # both kept, oldest first
-    status = subprocess.run([HPO, "study", "status", study.study_name, "--storage", url], capture_output=True,
-                            text=True, timeout=60, env=ENV)
+    status = run_cli("study", "status", study.study_name, "--storage", url)
     assert status.returncode == 0, status.stderr
     lines = [line for line in status.stdout.splitlines() if line.startswith("retrain ")]
     assert len(lines) == 2 and lines[0].endswith("<- reference") and "reached target 0.05 at epoch 1" in lines[0]
     assert "missed target 1" in lines[1] and "reference" not in lines[1]
-    as_json = subprocess.run([HPO, "study", "status", study.study_name, "--storage", url, "-f", "json"],
-                             capture_output=True, text=True, timeout=60, env=ENV)
+    as_json = run_cli("study", "status", study.study_name, "--storage", url, "-f", "json")
     record = json.loads(as_json.stdout)
     assert record["reference_retrain"] == real.record_key and len(record["retrains"]) == 2
 
@@ -379,10 +390,9 @@ def test_every_retrain_is_kept_and_the_reference_is_the_one_that_reached_its_tar
 def test_ctrl_c_in_retrain_is_one_error_line_and_resume_continues_its_record(sqlite_study, tiny_cifar, tmp_path):
     """Issue 13 item 4: Ctrl-C in `hpo retrain` prints one `error:` line (exit 130), not a silent 130."""
     study, url = sqlite_study
-    args = [HPO, "retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "40",
+    args = ["retrain", study.study_name, "--storage", url, "--target", "1.0", "--max-epochs", "40",
             "--out", str(tmp_path / "run"), "--data-dir", str(tiny_cifar), "--device", "cpu"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**ENV, "PYTHONUNBUFFERED": "1"})
+    proc = hpo_popen(*args)  # a process of its own: the signal is the point
     for line in proc.stdout:
         if line.startswith("epoch 1/40"):
             proc.send_signal(signal.SIGINT)
@@ -392,7 +402,6 @@ def test_ctrl_c_in_retrain_is_one_error_line_and_resume_continues_its_record(sql
     assert err.startswith("interrupted: ") and err.count("\n") == 1 and "--resume" in err
     [record] = retrain_records(optuna.load_study(study_name=study.study_name, storage=url))
     assert record["status"] == "interrupted"
-    changed = subprocess.run([*args[:8], "2", *args[9:], "--resume"], capture_output=True, text=True, timeout=120,
-                             env=ENV)
+    changed = run_cli(*args[:7], "2", *args[8:], "--resume")
     assert changed.returncode == 1 and "different config (epochs 40 -> 2)" in changed.stderr  # --max-epochs
     assert retrain_records(optuna.load_study(study_name=study.study_name, storage=url)) == [record]  # untouched
