@@ -1,10 +1,11 @@
-"""The `hpo` command as a new user meets it (issue 13), through subprocess: one CLI style, one-line errors,
-paths relative to the study file, Ctrl-C, overwrites, a busy port, and the small texts around them."""
+"""The `hpo` command as a new user meets it (issue 13): one CLI style, one-line errors, paths relative to the
+study file, Ctrl-C, overwrites, a busy port, and the small texts around them. Through its entry point in this
+process (`hpo` below), and as a process of its own where the process is the point: what start-up imports,
+Ctrl-C, a server stopped by a signal, a worker killed."""
 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -23,22 +24,24 @@ from hpo.running.study import create_or_resume
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import begin_run
 from tests.conftest import TINY_DATA, TINY_TRAIN
+from tests.helpers import ENV, CliResult, hpo_popen, hpo_run, one_error_line, run_cli
 from tests.hpo.studyfiles import write_study
 
-HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
-
-def hpo(*args: str, cwd: Path | None = None, code: int = 0, timeout: float = 120) -> subprocess.CompletedProcess:
-    r = subprocess.run([HPO, *args], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=timeout)
+def hpo(*args: str, cwd: Path | None = None, code: int = 0) -> CliResult:
+    """`hpo ARGS` through its entry point in this process (tests.helpers.run_cli), ending with exit code `code`."""
+    r = run_cli(*args, cwd=cwd)
     assert "Traceback" not in r.stderr and "╭" not in r.stderr, r.stderr  # never a traceback or a boxed panel
     assert r.returncode == code, (r.returncode, r.stdout, r.stderr)
     return r
 
 
-def one_error_line(r: subprocess.CompletedProcess) -> str:
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    return r.stderr
+def process_hpo(*args: str) -> subprocess.CompletedProcess:
+    """`hpo ARGS` as a process of its own (what it imports at start-up is the point), ending with exit code 0."""
+    r = hpo_run(*args)
+    assert "Traceback" not in r.stderr and "╭" not in r.stderr, r.stderr
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r
 
 
 def run_toml(folder: Path) -> Path:
@@ -53,26 +56,31 @@ def test_help_and_version_load_no_torch():
     code = "import sys, hpo.cli; print(sorted(m for m in ('torch', 'optuna', 'plotly') if m in sys.modules))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV)
     assert r.returncode == 0 and r.stdout.strip() == "[]", r.stderr
-    assert hpo("--version").stdout.startswith("hpo ")
-    top = hpo("--help").stdout
+    assert process_hpo("--version").stdout.startswith("hpo ")
+    top = process_hpo("--help").stdout
     commands = [line.split()[0] for line in top.split("Commands:")[1].splitlines() if line.strip()]
     assert "worker" not in commands and "storage-proxy" in commands  # the old name is a hidden alias
-    assert "join" in hpo("study", "--help").stdout
+    assert "join" in process_hpo("study", "--help").stdout
 
 
 def test_inspection_commands_do_not_load_torch(tmp_path, study_name):
+    """One fresh process runs every command in turn: torch is still not loaded after the last one, so none of
+    them loaded it (each command's exit code and whether torch was loaded after it are printed as JSON)."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     begin_run(load_study_file(write_study(tmp_path, study_name, url)))
-    code = ("import sys; from hpo.cli import main\n"
-            "try:\n    main(sys.argv[1:])\n"
-            "finally:\n    print('torch loaded' if 'torch' in sys.modules else 'no torch', file=sys.stderr)")
-    for args, exit_code in [(["study", "status", study_name], 0), (["study", "list"], 0),
-                            (["study", "verify", study_name], 0), (["study", "best", study_name], 1),
-                            (["study", "summary", study_name], 0), (["report", study_name, "-o", "r.html"], 0)]:
-        r = subprocess.run([sys.executable, "-c", code, *args, "--storage", url], capture_output=True, text=True,
-                           env=ENV, cwd=tmp_path)
-        assert r.returncode == exit_code, (args, r.stderr)
-        assert r.stderr.endswith("no torch\n"), (args, r.stderr)
+    code = ("import json, sys; from hpo.cli import main\n"
+            "for args in json.loads(sys.argv[1]):\n"
+            "    try:\n        main(args + ['--storage', sys.argv[2]])\n"
+            "    except SystemExit as e:\n"
+            "        print(json.dumps([args, e.code, 'torch' in sys.modules]), file=sys.stderr)\n")
+    commands = [(["study", "status", study_name], 0), (["study", "list"], 0), (["study", "verify", study_name], 0),
+                (["study", "best", study_name], 1), (["study", "summary", study_name], 0),
+                (["report", study_name, "-o", "r.html"], 0)]
+    r = subprocess.run([sys.executable, "-c", code, json.dumps([args for args, _ in commands]), url],
+                       capture_output=True, text=True, env=ENV, cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    ran = [json.loads(line) for line in r.stderr.splitlines() if line.startswith("[[")]
+    assert [(args, exit_code, False) for args, exit_code in commands] == [tuple(x) for x in ran], r.stderr
 
 
 def test_defaults_copied_to_keep_help_light_match_the_library():
@@ -82,20 +90,21 @@ def test_defaults_copied_to_keep_help_light_match_the_library():
     assert GRPC_DEFAULT_PORT == LIBRARY_PORT
 
 
-def test_shared_options_read_their_environment_variables(tmp_path):
+def test_shared_options_read_their_environment_variables(tmp_path, monkeypatch):
     train_help = hpo("train", "--help").stdout
     assert "CIFAR10_DIR" in train_help and "[model]" in train_help and ", , ." not in train_help
     assert "HPO_STORAGE" in hpo("study", "list", "--help").stdout
     assert "--workers" not in hpo("study", "join", "--help").stdout  # item 11: --threads no longer names it
     db = tmp_path / "env.db"
     optuna.create_study(study_name="from-env", storage=f"sqlite:///{db}")
-    r = subprocess.run([HPO, "study", "list", "-f", "json"], capture_output=True, text=True,
-                       env={**ENV, "HPO_STORAGE": f"sqlite:///{db}"})
-    assert r.returncode == 0 and [row["name"] for row in json.loads(r.stdout)] == ["from-env"]
+    monkeypatch.setenv("HPO_STORAGE", f"sqlite:///{db}")
+    r = hpo("study", "list", "-f", "json")
+    assert [row["name"] for row in json.loads(r.stdout)] == ["from-env"]
 
 
 # ---- item 1: summary of a study with no finished trial ----
 
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # what is printed: any storage does
 def test_summary_of_a_study_whose_only_trial_was_interrupted(tmp_path, storage_url, study_name):
     spec = load_study_file(write_study(tmp_path, study_name, storage_url))
     study = create_or_resume(spec, open_storage(storage_url))
@@ -136,9 +145,7 @@ def test_dashboard_on_a_study_file_from_another_folder(tmp_path):
     path = write_study(tmp_path / "studies", "served", "sqlite:///../hpo.db")
     create_or_resume(load_study_file(path))
     (tmp_path / "elsewhere").mkdir()
-    proc = subprocess.Popen([HPO, "dashboard", str(path), "--host", "127.0.0.1", "--port", "0"],
-                            cwd=tmp_path / "elsewhere", stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=ENV)
+    proc = hpo_popen("dashboard", str(path), "--host", "127.0.0.1", "--port", "0", cwd=tmp_path / "elsewhere")
     try:
         assert proc.stdout.readline().startswith("optuna-dashboard on http://127.0.0.1:")
     finally:
@@ -169,7 +176,7 @@ def test_two_slash_sqlite_url_says_four_for_an_absolute_path(tmp_path):
 # ---- item 4 (CLI part): Ctrl-C is one error line; a stale RUNNING trial is flagged ----
 
 def _interrupt_after(args: list[str], wait_for: str | None, delay: float = 0.0) -> subprocess.CompletedProcess:
-    proc = subprocess.Popen([HPO, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = hpo_popen(*args)
     if wait_for is None:
         time.sleep(delay)
     else:
@@ -235,7 +242,7 @@ def test_status_flags_a_running_trial_whose_heartbeat_is_stale(tmp_path, storage
     ["study", "join", "studies/smoke.toml", "--device", "gpu"],
 ])
 def test_one_device_check_everywhere(tmp_path, args):
-    message = one_error_line(hpo(*args, cwd=tmp_path, code=2))
+    message = one_error_line(hpo(*args, code=2), code=2)
     assert "unknown device 'gpu' (use cpu, auto, cuda, cuda:N or a GPU index N)" in message
     assert not (tmp_path / "never").exists()  # retrain checked before creating its run folder
 
@@ -249,7 +256,7 @@ def test_one_device_check_everywhere(tmp_path, args):
     (["study", "best", "x", "-f", "yaml"], "--format"),
 ])
 def test_bad_flag_values_are_one_usage_line(tmp_path, args, flag):
-    message = one_error_line(hpo(*args, cwd=tmp_path, code=2))
+    message = one_error_line(hpo(*args, code=2), code=2)
     assert f"Invalid value for '{flag}'" in message or f"Invalid value for '-f' / '{flag}'" in message
 
 
@@ -282,12 +289,13 @@ def test_dashboard_on_a_busy_port_says_so(tmp_path):
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        r = hpo("dashboard", "--storage", url, "--host", "127.0.0.1", "--port", str(port), code=1, timeout=60)
+        r = hpo("dashboard", "--storage", url, "--host", "127.0.0.1", "--port", str(port), code=1)
     assert f"port {port} is in use" in one_error_line(r) and "--port 0" in r.stderr
 
 
 # ---- item 11: small texts ----
 
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # what is printed: any storage does
 def test_study_list_has_column_headers(tmp_path, storage_url, study_name):
     create_or_resume(load_study_file(write_study(tmp_path, study_name, storage_url)))
     lines = hpo("study", "list", "--storage", storage_url).stdout.splitlines()
@@ -314,8 +322,12 @@ def test_join_on_a_missing_database_creates_nothing(tmp_path, tiny_cifar):
 
 def test_grpc_proxy_storage_warns_that_heartbeats_are_off(tmp_path, tiny_cifar):
     path = write_study(tmp_path, "proxied", "grpc://127.0.0.1:1")
-    r = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar)], capture_output=True,
-                       text=True, env=ENV, timeout=120)
+    # A process of its own (gRPC stays out of the test process, which forks many more), waiting 1 s instead of
+    # CONNECT_TIMEOUT_S (10) for the proxy that is not there.
+    code = "import sys, hpo.storage.proxy as p; p.CONNECT_TIMEOUT_S = 1; from hpo.cli import main; main(sys.argv[1:])"
+    r = subprocess.run([sys.executable, "-c", code, "study", "start", str(path), "--data-dir", str(tiny_cifar)],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 1 and "cannot reach the storage proxy at grpc://127.0.0.1:1 within 1 s" in r.stderr
     assert r.stderr.startswith("warning: through the gRPC storage proxy optuna keeps no heartbeats")
     assert "keeps no heartbeats" in r.stderr and "Traceback" not in r.stderr
 
