@@ -220,6 +220,11 @@ def _check_types(prefix: str, d: dict[str, Any], cls: type) -> None:
 def _has_type(value: Any, expected: Any) -> bool:
     if expected is bool:
         return isinstance(value, bool)
+    if typing.get_origin(expected) is tuple:  # a list of one type; bool and str per-stage fields take one value too
+        item = typing.get_args(expected)[0]
+        if isinstance(value, (list, tuple)):
+            return all(_has_type(v, item) for v in value)
+        return item in (bool, str) and _has_type(value, item)
     if isinstance(value, bool):
         return False
     if expected is int:
@@ -228,11 +233,6 @@ def _has_type(value: Any, expected: Any) -> bool:
         return isinstance(value, (int, float))
     if expected is str:
         return isinstance(value, str)
-    if typing.get_origin(expected) is tuple:  # a list of one type; bool and str per-stage fields take one value too
-        item = typing.get_args(expected)[0]
-        if isinstance(value, (list, tuple)):
-            return all(_has_type(v, item) for v in value)
-        return item in (bool, str) and _has_type(value, item)
     args = typing.get_args(expected)  # X | None
     return value is None or any(_has_type(value, a) for a in args if a is not type(None))
 

@@ -125,6 +125,12 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_params_of(cfg: ModelConfig) -> int:
+    """Parameters of the member `cfg`, built on the meta device: no memory, no initialisation."""
+    with torch.device("meta"):
+        return count_params(build_model(cfg))
+
+
 @dataclass(frozen=True)
 class LayerRow:
     name: str

@@ -126,8 +126,11 @@ def _is_kind(value: Any, kind: type) -> bool:
     return isinstance(value, kind)
 
 
-def suggest_config(space: SearchSpace, trial: optuna.trial.BaseTrial, base: TrainConfig) -> TrainConfig:
-    """Sample (or, for a FixedTrial, replay) every searched parameter and apply it to `base`."""
+def suggest_config(space: SearchSpace, trial: optuna.trial.BaseTrial, base: TrainConfig,
+                   max_params: int | None = None) -> TrainConfig:
+    """Sample (or, for a FixedTrial, replay) every searched parameter and apply it to `base`; with `max_params`,
+    a model over it is narrowed to fit (`fit_widths`), so every point of the space is a model the budget allows
+    and no trial is spent on one it does not."""
     values: dict[str, Any] = {}
     for name, dist in space.params.items():
         if isinstance(dist, Choice):
@@ -137,7 +140,27 @@ def suggest_config(space: SearchSpace, trial: optuna.trial.BaseTrial, base: Trai
             values[name] = trial.suggest_int(name, dist.low, dist.high, step=step, log=dist.log)
         else:
             values[name] = trial.suggest_float(name, dist.low, dist.high, log=dist.log)
-    return apply_params(base, values)
+    cfg = apply_params(base, values)
+    return cfg if max_params is None else fit_widths(cfg, max_params)
+
+
+WIDTH_STEP = 4  # fitted widths stay multiples of this
+
+
+def fit_widths(cfg: TrainConfig, max_params: int) -> TrainConfig:
+    """`cfg` itself when its model has at most `max_params` parameters; else the same model with every width
+    scaled by the largest factor in 0.95, 0.90, ... that fits (rounded to multiples of WIDTH_STEP), keeping the
+    proportions the search chose. Deterministic, so a replayed trial gets the model it trained."""
+    from cifarnet.model import count_params_of  # torch: only the commands that build models load it
+
+    if count_params_of(cfg.model) <= max_params:
+        return cfg
+    for step in range(19, 0, -1):
+        widths = tuple(max(WIDTH_STEP, round(w * step / 20 / WIDTH_STEP) * WIDTH_STEP) for w in cfg.model.widths)
+        fitted = cfg.replace(model=dataclasses.replace(cfg.model, widths=widths))
+        if count_params_of(fitted.model) <= max_params:
+            return fitted
+    raise ConfigError(f"no narrowing of widths {list(cfg.model.widths)} fits max_params {max_params:,}")
 
 
 def apply_params(base: TrainConfig, values: dict[str, Any]) -> TrainConfig:
@@ -165,9 +188,7 @@ def params_range(space: SearchSpace, base: TrainConfig) -> tuple[int, int]:
     """The fewest and the most parameters a model of `space` has: every distinct combination of the searched
     switches that change the parameter count (depthwise, downsample, per stage or all at once) at the narrowest
     and at the widest widths (parameters grow with each width). Models are built on the meta device: no memory."""
-    import torch  # only the commands that build models load torch
-
-    from cifarnet.model import build_model, count_params
+    from cifarnet.model import count_params_of  # torch: only the commands that build models load it
 
     def values(name: str) -> list[Any]:
         dist = space.params.get(name)
@@ -184,6 +205,5 @@ def params_range(space: SearchSpace, base: TrainConfig) -> tuple[int, int]:
     configs = {apply_params(base, {**{k: v for k, v in zip(switches, combo)},
                                    **{f"width{i + 1}": w for i, w in enumerate(widths)}}).model
                for widths in (extremes[:4], extremes[4:]) for combo in itertools.product(*map(values, switches))}
-    with torch.device("meta"):
-        sizes = [count_params(build_model(cfg)) for cfg in configs]
+    sizes = [count_params_of(cfg) for cfg in configs]
     return min(sizes), max(sizes)

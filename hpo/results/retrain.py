@@ -199,7 +199,7 @@ def pick_trial(study: optuna.Study, number: int | None) -> FrozenTrial:
 def replay_config(spec: StudySpec, trial: FrozenTrial) -> TrainConfig:
     """The search's own mapping applied to the trial's parameters, checked against what the trial trained."""
     try:
-        cfg = suggest_config(spec.space, FixedTrial(trial.params, trial.number), spec.base)
+        cfg = suggest_config(spec.space, FixedTrial(trial.params, trial.number), spec.base, spec.max_params)
     except ValueError as e:  # FixedTrial: a searched parameter the trial never sampled (the space changed)
         raise RetrainError(f"trial {trial.number}'s parameters do not replay in the study's space: {e}") from None
     stored = trial.user_attrs.get("config")

@@ -95,7 +95,7 @@ def finalist_fidelity(spec: StudySpec, plan: FinalistSpec) -> StudySpec:
     base = spec.base.replace(epochs=plan.epochs or spec.base.epochs)
     data = dataclasses.replace(spec.data, train_size=plan.train_size or spec.data.train_size)
     return dataclasses.replace(spec, name=finalist_study_name(spec.name), base=base, data=data, rungs=(),
-                               max_params=None, stop_on_target=False)
+                               stop_on_target=False)
 
 
 def _finalist_study(spec: StudySpec, search: optuna.Study) -> optuna.Study:

@@ -17,10 +17,8 @@ reports its best val_acc at step RUNG_BASE**len(rungs) (its per-epoch curve is r
 reduction_factor 3. user_attrs "rungs" (one row per finished rung), "pruned_at_rung". A re-run of a dead
 attempt keeps the rungs the attempt finished.
 
-Over-budget configurations (params > max_params) are PRUNED, not FAILED, before any training, with an
-infeasible constraint (`trial.set_constraint`). Why pruned: optuna's samplers ignore FAILED trials, so a
-failed giant would be proposed again and again; a pruned trial with a violated constraint is ranked among the
-worst by TPE, which steers it away from that corner of the space.
+No trial is spent on a model over the study's max_params: the mapping narrows such a sample to fit
+(hpo.definition.space.fit_widths; user_attr "fitted_widths" holds the widths the sampler chose).
 """
 
 from __future__ import annotations
@@ -40,14 +38,13 @@ from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
 from cifarnet.train import RunOptions, precision, resolve_device, train
 from hpo.running.checkpoints import TrialCheckpoint, retry_history
-from hpo.definition.space import suggest_config
+from hpo.definition.space import apply_params, suggest_config
 from hpo.running.study import INTERRUPTED_REASON, request_stop
 from hpo.definition.study_file import Rung, StudySpec
 
 # Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
 # NaN/inf loss and bad searched configs (CifarNetError), and a too-wide network on a small GPU.
 TRIAL_ERRORS: tuple[type[BaseException], ...] = (CifarNetError, torch.OutOfMemoryError)
-OVER_BUDGET_CONSTRAINT = "params_over_budget"  # > 0: the trial is infeasible (parameters above max_params)
 STOP_REASON = "stopped: another trial reached the study's target accuracy"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
 # Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.running.ray_workers).
@@ -87,7 +84,10 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, checkpoint: TrialCheckpoint) -> float:
         spec = self.spec
-        cfg = suggest_config(spec.space, trial, spec.base)
+        cfg = suggest_config(spec.space, trial, spec.base, spec.max_params)
+        sampled = apply_params(spec.base, trial.params).model.widths
+        if sampled != cfg.model.widths:
+            trial.set_user_attr("fitted_widths", {"sampled": list(sampled), "trained": list(cfg.model.widths)})
         stats = model_stats(cfg.model)
         for key, value in {
             "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
@@ -96,8 +96,6 @@ class Objective:
             "worker": WORKER_ID, **({"placement": PLACEMENT} if PLACEMENT else {}),
         }.items():
             trial.set_user_attr(key, value)
-        if spec.max_params is not None and stats.params > spec.max_params:
-            reject_over_budget(trial, stats.params, spec.max_params)
         if spec.rungs:
             self._run_rungs(trial, cfg)  # raises TrialPruned where the pruner stops the trial
         reporter = EpochReporter(trial, spec, report_steps=not spec.rungs)
@@ -149,14 +147,6 @@ def _rungs_of_earlier_attempt(trial: optuna.Trial) -> list[dict[str, Any]]:
         return []
     attempts = {t.number: t for t in trial.study.get_trials(deepcopy=False)}
     return list(attempts[earlier[-1]].user_attrs.get("rungs", [])) if earlier[-1] in attempts else []
-
-
-def reject_over_budget(trial: optuna.Trial, params: int, max_params: int) -> None:
-    """Prune before training, marked infeasible so the sampler learns to avoid it (see module doc)."""
-    trial.set_constraint(OVER_BUDGET_CONSTRAINT, float(params - max_params))
-    trial.set_user_attr("fail_reason", f"rejected before training: {params:,} parameters > max_params "
-                                       f"{max_params:,}")
-    raise optuna.TrialPruned(f"{params:,} parameters > max_params {max_params:,}")
 
 
 class EpochReporter:

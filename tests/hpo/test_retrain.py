@@ -81,7 +81,7 @@ def make_study(url: str, name: str, root: Path, data: Path) -> optuna.Study:
     states = [t.state for t in study.trials]
     assert states == [TrialState.COMPLETE] * N_TRIALS, states
     assert any("fitted_widths" in t.user_attrs for t in study.trials)
-    last = study.trials[-1]  # as a pruner leaves a trial: its parameters, one epoch, no value
+    last = study.trials[-1]  # trial N_TRIALS: as a pruner leaves a trial (its parameters, one epoch, no value)
     study.add_trial(optuna.trial.create_trial(state=TrialState.PRUNED, params=last.params,
                                               distributions=last.distributions,
                                               user_attrs={**last.user_attrs, "curve": last.user_attrs["curve"][:1]}))
@@ -132,7 +132,9 @@ def test_replay_gives_the_searched_config_with_only_epochs_and_seed_changed(sqli
     assert plan.trial.number == trial.number
     assert plan.cfg.epochs == 7  # the schedule is sized for --max-epochs
     assert plan.cfg.replace(epochs=stored.epochs) == stored
-    assert plan.cfg.lr == trial.params["lr"] and plan.cfg.model.widths[3] == trial.params["width4"]
+    assert plan.cfg.lr == trial.params["lr"]
+    fitted = trial.user_attrs.get("fitted_widths")  # narrowed to max_params: the retrain replays the narrowing
+    assert plan.cfg.model.widths[3] == (fitted["trained"][3] if fitted else trial.params["width4"])
     assert plan.data.val_size == 0 and plan.data.test_size is None and plan.data.train_size is None
     assert prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "r2")).trial.number == best
     assert prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "r3", seed=5)).cfg.seed == 5
@@ -147,7 +149,7 @@ def test_replay_refuses_a_trial_whose_stored_config_differs(sqlite_study, tiny_c
     study.add_trial(optuna.trial.create_trial(params=good.params, distributions=good.distributions, value=0.1,
                                               user_attrs={"config": tampered}))
     with pytest.raises(RetrainError, match="differs in: weight_decay"):
-        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS))
+        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS + 1))
 
 
 def test_a_trial_stored_before_a_config_field_existed_replays_to_its_default(sqlite_study, tiny_cifar, tmp_path):
@@ -160,10 +162,10 @@ def test_a_trial_stored_before_a_config_field_existed_replays_to_its_default(sql
     for attrs in (older, unknown):
         study.add_trial(optuna.trial.create_trial(params=good.params, distributions=good.distributions, value=0.1,
                                                   user_attrs={"config": attrs}))
-    plan = prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS))
-    assert plan.trial.number == N_TRIALS and plan.cfg.tta_shift == 0
+    plan = prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run", trial=N_TRIALS + 1))
+    assert plan.trial.number == N_TRIALS + 1 and plan.cfg.tta_shift == 0
     with pytest.raises(RetrainError, match="stored config does not load.*dropout"):
-        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run2", trial=N_TRIALS + 1))
+        prepare_retrain(study.study_name, _options(url, tiny_cifar, tmp_path / "run2", trial=N_TRIALS + 2))
 
 
 def test_the_committed_quick_study_of_an_older_version_still_reads_and_retrains(tiny_cifar, tmp_path):
