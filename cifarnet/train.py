@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm import tqdm
 
 from cifarnet.augment import AlbumentationsDataset, TorchAugment, normalize, seed_albumentations_worker
 from cifarnet.config import TrainConfig
@@ -31,6 +32,7 @@ from cifarnet.tta import tta_logp
 
 Report = Callable[[int, dict[str, Any]], Any]
 CHECKPOINT_FORMAT = 1
+PROGRESS_EVERY_S = 30.0  # seconds between on_progress calls within an epoch
 
 
 @dataclass(frozen=True)
@@ -41,7 +43,10 @@ class RunOptions:
     checkpoint: Path | None = None  # written atomically after every epoch
     resume: bool = False  # continue from `checkpoint` if it exists
     loader_workers: int = 2  # DataLoader processes for the albumentations backend
-    progress: bool | None = None  # per-epoch progress bar on stderr; None = only when stderr is a TTY
+    progress: bool | None = None  # per-epoch progress bar (tqdm) on stderr; None = only when stderr is a TTY
+    # Called with {epoch, epochs, step, steps, loss, eta_s} at most every PROGRESS_EVERY_S seconds of an epoch:
+    # progress lines for logs and workers, where no bar is drawn.
+    on_progress: Callable[[dict[str, Any]], None] | None = None
     eval_batch_size: int = 1024
     # False: evaluate val/test after the last epoch only (benchmarks that need final figures; search trials and
     # retrains report every epoch).
@@ -188,7 +193,7 @@ class _Trainer:
         for images, labels in loader:
             yield normalize(images, self.device, self.cfg.channels_last), labels.to(self.device, non_blocking=True)
 
-    def train_epoch(self, epoch: int, bar: "_Progress") -> dict[str, float]:
+    def train_epoch(self, epoch: int, progress: "_Progress") -> dict[str, float]:
         self.net.train()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
@@ -209,7 +214,7 @@ class _Trainer:
             seen += len(y)
             if step % 20 == 0 or step == self.steps_per_epoch - 1:
                 self._check_finite(loss_sum, epoch, step)
-                bar.update(step + 1, self.steps_per_epoch, loss_sum.item() / seen)
+                progress.update(step + 1, self.steps_per_epoch, loss_sum.item() / seen)
         return {"train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen, "train_images": seen}
 
     def _check_finite(self, loss_sum: torch.Tensor, epoch: int, step: int) -> None:
@@ -318,12 +323,12 @@ def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: 
         state = load_checkpoint(opts.checkpoint)
         trainer.load_state(state)
         start, history = state["epoch"], list(state["history"])
-    bar = _Progress(cfg.epochs, opts.progress)
+    progress = _Progress(cfg.epochs, opts)
     stopped = False
     for epoch in range(start, cfg.epochs):
-        bar.start_epoch(epoch)
+        progress.start_epoch(epoch, trainer.steps_per_epoch)
         t0 = time.perf_counter()
-        metrics: dict[str, Any] = {"epoch": epoch + 1, **trainer.train_epoch(epoch, bar)}
+        metrics: dict[str, Any] = {"epoch": epoch + 1, **trainer.train_epoch(epoch, progress)}
         train_time = time.perf_counter() - t0
         if opts.evaluate_every_epoch or epoch + 1 == cfg.epochs:
             metrics.update(_evaluate_splits(trainer, splits))
@@ -331,7 +336,7 @@ def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: 
                        eval_time_s=time.perf_counter() - t0 - train_time,
                        images_per_s=metrics["train_images"] / train_time)
         history.append(metrics)
-        bar.end_epoch(metrics)
+        progress.end_epoch()
         if opts.checkpoint is not None:
             save_atomic(trainer.state(epoch + 1, history), opts.checkpoint)
         if report is not None and report(epoch + 1, metrics):
@@ -343,30 +348,41 @@ def train(cfg: TrainConfig, splits: Splits, report: Report | None = None, opts: 
 
 
 class _Progress:
-    """One self-overwriting line per epoch on stderr; silent unless stderr is a TTY (or forced)."""
+    """An epoch's progress: a tqdm bar on stderr where one is wanted (a TTY by default), and the `on_progress`
+    callback at most every PROGRESS_EVERY_S seconds, so long epochs are never silent in a log."""
 
-    def __init__(self, epochs: int, enabled: bool | None):
-        self.epochs = epochs
-        self.enabled = sys.stderr.isatty() if enabled is None else enabled
-        self.t0 = self.last = 0.0
-        self.epoch = 0
+    def __init__(self, epochs: int, opts: RunOptions):
+        self.epochs, self.opts = epochs, opts
+        self.show_bar = sys.stderr.isatty() if opts.progress is None else opts.progress
+        self.bar: tqdm | None = None
+        self.epoch, self.done = 0, 0
+        self.t0 = self.last_call = 0.0
 
-    def start_epoch(self, epoch: int) -> None:
-        self.epoch, self.t0, self.last = epoch, time.perf_counter(), 0.0
+    def start_epoch(self, epoch: int, steps: int) -> None:
+        self.epoch, self.done = epoch, 0
+        self.t0 = self.last_call = time.perf_counter()
+        if self.show_bar:
+            self.bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.epochs}", leave=False, file=sys.stderr,
+                            dynamic_ncols=True, unit="step")
 
     def update(self, step: int, steps: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.update(step - self.done)
+            self.bar.set_postfix(loss=f"{loss:.3f}", refresh=False)
+        self.done = step
         now = time.perf_counter()
-        if not self.enabled or (now - self.last < 0.5 and step < steps):
-            return
-        self.last = now
-        elapsed = now - self.t0
-        eta = elapsed / step * (steps - step)
-        filled = int(20 * step / steps)
-        sys.stderr.write(f"\repoch {self.epoch + 1}/{self.epochs} [{'#' * filled}{'.' * (20 - filled)}] "
-                         f"{step}/{steps} loss {loss:.3f} eta {eta:4.0f}s ")
-        sys.stderr.flush()
+        if self.opts.on_progress is not None and now - self.last_call >= PROGRESS_EVERY_S:
+            self.last_call = now
+            self.opts.on_progress({"epoch": self.epoch + 1, "epochs": self.epochs, "step": step, "steps": steps,
+                                   "loss": loss, "eta_s": (now - self.t0) / step * (steps - step)})
 
-    def end_epoch(self, metrics: dict[str, Any]) -> None:
-        if self.enabled:
-            sys.stderr.write("\r" + " " * 78 + "\r")
-            sys.stderr.flush()
+    def end_epoch(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def describe_progress(p: dict[str, Any]) -> str:
+    """One progress line: where an epoch is and when it ends."""
+    return (f"epoch {p['epoch']}/{p['epochs']}, step {p['step']}/{p['steps']}, loss {p['loss']:.4f}, "
+            f"epoch ends in {p['eta_s']:.0f}s")

@@ -33,6 +33,18 @@ class CommandInterrupted(Exception):
         self.exit_code = exit_code
 
 
+def progress_lines() -> Any:
+    """`RunOptions.on_progress` for `hpo train` / `hpo retrain`: a line every ~30 s of an epoch on stdout when
+    stderr shows no progress bar (a log file, a pipe), None on a terminal (the bar shows it)."""
+    import sys
+
+    if sys.stderr.isatty():
+        return None
+    from cifarnet.train import describe_progress
+
+    return lambda p: typer.echo(describe_progress(p))
+
+
 def interrupted_message(run_dir: Path) -> str:
     """Ctrl-C in `hpo train` / `hpo retrain`: what is left in the run folder and how to continue."""
     if (run_dir / "checkpoint.pt").exists():

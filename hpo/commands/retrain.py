@@ -10,8 +10,8 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from hpo.commands.options import (MAX_EXPORT_BATCH, DataDirOpt, DeviceOpt, CommandInterrupted, StorageOpt,
-                                  interrupted_message)
+from hpo.commands.options import (MAX_EXPORT_BATCH, CommandInterrupted, DataDirOpt, DeviceOpt, StorageOpt,
+                                  interrupted_message, progress_lines)
 
 app = typer.Typer()
 
@@ -60,7 +60,8 @@ def retrain_cmd(
     from hpo.running.finalists import FinalistOptions, finalists_due
 
     options = RetrainOptions(storage=storage, trial=trial, target=target, max_epochs=max_epochs, out=out,
-                             resume=resume, seed=seed, data_dir=data_dir, device=device, finalists=finalists)
+                             resume=resume, seed=seed, data_dir=data_dir, device=device, finalists=finalists,
+                             on_progress=progress_lines())
     if trial is None and finalists:
         finalists_due(study, storage, FinalistOptions(data_dir=data_dir, device=device))
     plan = prepare_retrain(study, options)

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from hpo.commands.model import ConfigOpt
-from hpo.commands.options import DataDirOpt, DeviceOpt, CommandInterrupted, interrupted_message
+from hpo.commands.options import CommandInterrupted, DataDirOpt, DeviceOpt, interrupted_message, progress_lines
 
 app = typer.Typer()
 CLASSES = 10  # a class-balanced subset needs at least one image per class
@@ -55,7 +55,8 @@ def train_cmd(
         from cifarnet.train import RunOptions
 
         _, record = train_to_dir(cfg, data_cfg, out, data_dir=data_dir, download=download, report=show,
-                                 opts=RunOptions(device=device, resume=resume), command=" ".join(sys.argv))
+                                 opts=RunOptions(device=device, resume=resume, on_progress=progress_lines()),
+                                 command=" ".join(sys.argv))
     except KeyboardInterrupt:
         raise CommandInterrupted(interrupted_message(out)) from None
     typer.echo(f"wrote {out}/metrics.json ({record['params']:,} parameters, {record['wall_time_s']:.0f}s)")

@@ -22,7 +22,7 @@ import sys
 import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.artifacts import FileSystemArtifactStore, upload_artifact
@@ -68,6 +68,7 @@ class RetrainOptions:
     data_dir: str | None = None  # CIFAR-10 folder; None = $CIFAR10_DIR
     device: str = "auto"
     progress: bool | None = None  # per-epoch progress bar; None = when stderr is a TTY
+    on_progress: Callable[[dict[str, Any]], None] | None = None  # progress lines (cifarnet.train.RunOptions)
 
     def __post_init__(self) -> None:
         if self.max_epochs is not None and self.max_epochs < 1:
@@ -279,7 +280,7 @@ def train_until_target(plan: RetrainPlan, report: Report | None = None) -> list[
         return metrics["test_acc"] >= plan.target
 
     opts = RunOptions(device=plan.options.device, checkpoint=checkpoint, resume=plan.options.resume,
-                      progress=plan.options.progress)
+                      progress=plan.options.progress, on_progress=plan.options.on_progress)
     result, _ = train_to_dir(plan.cfg, plan.data, plan.out, data_dir=plan.options.data_dir, opts=opts,
                              report=on_epoch, command=" ".join(sys.argv))
     return result.history

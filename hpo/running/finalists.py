@@ -74,7 +74,8 @@ def run_finalists(storage_url: str, name: str, opts: FinalistOptions = FinalistO
     for i, (trial, seed) in enumerate(todo, 1):
         seeded = dataclasses.replace(fidelity, base=fidelity.base.replace(seed=seed))
         finals.enqueue_trial(trial.params, user_attrs={"finalist_of": trial.number, "finalist_seed": seed})
-        finals.optimize(Objective(seeded, splits, run_opts, store), n_trials=1, catch=TRIAL_ERRORS)
+        objective = Objective(seeded, splits, run_opts, store, say=lambda line: print(line, file=out, flush=True))
+        finals.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
         value = _result(finals, trial.number, seed)
         shown = f"val_acc {value:.4f}" if value is not None else "failed"
         print(f"finalist {i}/{len(todo)}: trial {trial.number} seed {seed}: {shown}", file=out, flush=True)

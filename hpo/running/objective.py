@@ -27,7 +27,7 @@ import dataclasses
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 import torch
@@ -36,7 +36,7 @@ from cifarnet.config import TrainConfig
 from cifarnet.data import CIFAR10, Splits, make_splits
 from cifarnet.errors import CifarNetError
 from cifarnet.model import model_stats
-from cifarnet.train import RunOptions, precision, resolve_device, train
+from cifarnet.train import RunOptions, describe_progress, precision, resolve_device, train
 from hpo.running.checkpoints import TrialCheckpoint, retry_history
 from hpo.definition.space import apply_params, suggest_config
 from hpo.running.study import INTERRUPTED_REASON, request_stop
@@ -56,8 +56,10 @@ class Objective:
     """`study.optimize(Objective(spec, splits, opts, store))`; returns the best validation accuracy of a trial.
     `store` is the study's artifact folder on this machine, where each trial checkpoints (hpo.running.checkpoints)."""
 
-    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path, cifar: CIFAR10 | None = None):
+    def __init__(self, spec: StudySpec, splits: Splits, opts: RunOptions, store: Path, cifar: CIFAR10 | None = None,
+                 say: Callable[[str], None] | None = None):
         self.spec, self.splits, self.opts, self.store = spec, splits, opts, store
+        self.say = say or (lambda line: None)  # progress lines: a trial starts, resumes, and every ~30 s of work
         self.device = str(resolve_device(opts.device))
         self.cifar = cifar  # the whole training pool, for the rungs' smaller subsets
         self._rung_splits: dict[int, Splits] = {}
@@ -89,6 +91,8 @@ class Objective:
         if sampled != cfg.model.widths:
             trial.set_user_attr("fitted_widths", {"sampled": list(sampled), "trained": list(cfg.model.widths)})
         stats = model_stats(cfg.model)
+        run_opts = dataclasses.replace(self.opts, on_progress=lambda p: self.say(
+            f"trial {trial.number}: {describe_progress(p)}"))
         for key, value in {
             "config": cfg.to_dict(), "data": dataclasses.asdict(spec.data), "params_count": stats.params,
             "macs": stats.macs, "receptive_field": stats.receptive_field, "device": self.device,
@@ -97,27 +101,34 @@ class Objective:
         }.items():
             trial.set_user_attr(key, value)
         if spec.rungs:
-            self._run_rungs(trial, cfg)  # raises TrialPruned where the pruner stops the trial
+            self._run_rungs(trial, cfg, run_opts)  # raises TrialPruned where the pruner stops the trial
         reporter = EpochReporter(trial, spec, report_steps=not spec.rungs)
         trial.set_user_attr("checkpoint", checkpoint.relative(trial.number))
         resumed_from, finished = checkpoint.resume()
         if resumed_from is not None:
             trial.set_user_attr("resumed_from_trial", resumed_from)
             trial.set_user_attr("resumed_at_epoch", len(finished))
+            self.say(f"trial {trial.number} resumes trial {resumed_from} at epoch {len(finished) + 1} of {cfg.epochs}")
+        else:
+            self.say(f"trial {trial.number} started{' its full run' if spec.rungs else ''}: {cfg.epochs} epochs, "
+                     f"{stats.params:,} parameters, {_short(trial.params)}")
         for metrics in finished:  # the dead attempt's epochs, reported again: one continuous curve
             reporter(metrics["epoch"], metrics)
-        opts = dataclasses.replace(self.opts, checkpoint=checkpoint.path, resume=resumed_from is not None)
+        opts = dataclasses.replace(run_opts, checkpoint=checkpoint.path, resume=resumed_from is not None)
         train(cfg, self.splits, reporter, opts)
         value = max(m["val_acc"] for m in reporter.curve)
         if spec.rungs:
             trial.report(value, step=RUNG_BASE ** len(spec.rungs))
         return value
 
-    def _run_rungs(self, trial: optuna.Trial, cfg: TrainConfig) -> None:
+    def _run_rungs(self, trial: optuna.Trial, cfg: TrainConfig, run_opts: RunOptions) -> None:
         done = _rungs_of_earlier_attempt(trial)
         rows: list[dict[str, Any]] = []
         for i, rung in enumerate(self.spec.rungs):
-            row = done[i] if i < len(done) else self._train_rung(i, rung, cfg)
+            if i >= len(done):
+                self.say(f"trial {trial.number} rung {i}: {rung.epochs} epochs on {rung.train_size:,} images, "
+                         f"{_short(trial.params)}")
+            row = done[i] if i < len(done) else self._train_rung(i, rung, cfg, run_opts)
             rows.append(row)
             trial.set_user_attr("rungs", rows)
             trial.report(row["val_acc"], step=RUNG_BASE ** i)
@@ -125,7 +136,7 @@ class Objective:
                 trial.set_user_attr("pruned_at_rung", i)
                 raise optuna.TrialPruned(f"val_acc {row['val_acc']:.4f} at rung {i}")
 
-    def _train_rung(self, i: int, rung: Rung, cfg: TrainConfig) -> dict[str, Any]:
+    def _train_rung(self, i: int, rung: Rung, cfg: TrainConfig, run_opts: RunOptions) -> dict[str, Any]:
         """Rung i's complete run: `rung.epochs` with their own schedule on `rung.train_size` images, scored after
         the last epoch (no checkpoint: a rung is short, and a re-run repeats only an unfinished one)."""
         if rung.train_size not in self._rung_splits:
@@ -133,11 +144,15 @@ class Objective:
                 raise CifarNetError("this study has [budget] rungs: its objective needs the whole training pool")
             data = dataclasses.replace(self.spec.data, train_size=rung.train_size)
             self._rung_splits[rung.train_size] = make_splits(self.cifar, data)
-        opts = dataclasses.replace(self.opts, checkpoint=None, resume=False, evaluate_every_epoch=False)
+        opts = dataclasses.replace(run_opts, checkpoint=None, resume=False, evaluate_every_epoch=False)
         history = train(cfg.replace(epochs=rung.epochs), self._rung_splits[rung.train_size], None, opts).history
         return {"rung": i, "epochs": rung.epochs, "train_size": rung.train_size, "val_acc": history[-1]["val_acc"],
                 "train_time_s": sum(m["train_time_s"] for m in history),
                 "eval_time_s": sum(m["eval_time_s"] for m in history)}
+
+
+def _short(params: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
 def _rungs_of_earlier_attempt(trial: optuna.Trial) -> list[dict[str, Any]]:

@@ -143,12 +143,14 @@ def run_worker(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) ->
     splits = make_splits(cifar, spec.data)
     run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0 if threads == 1 else 2)
     artifact_dir = study_artifact_dir(study.user_attrs, spec.storage, spec.artifact_dir)
-    runner = TrialRunner(Objective(spec, splits, run_opts, artifact_dir, cifar), artifact_dir)
+    out = opts.out or sys.stdout
+    objective = Objective(spec, splits, run_opts, artifact_dir, cifar, say=lambda line: print(line, file=out, flush=True))
+    runner = TrialRunner(objective, artifact_dir)
     guard = BudgetGuard(budget, can_wait=heartbeat_enabled(storage))
     with interrupts_between_storage_calls(signal.SIGTERM):  # so an interrupt can always be recorded on the trial
         try:
-            run_trials(study, storage, runner, guard,
-                       [runner.told, Progress(budget, opts.out or sys.stdout), guard], spec.workers.heartbeat_interval)
+            run_trials(study, storage, runner, guard, [runner.told, Progress(budget, out), guard],
+                       spec.workers.heartbeat_interval)
         except Exception as e:  # each call already waited RECONNECT_WINDOW_S: one clear line, not optuna's words
             if is_connection_lost(e):
                 raise StorageError(f"lost the database {display_url(spec.storage)} for more than "

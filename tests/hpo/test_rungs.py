@@ -71,7 +71,7 @@ def test_successive_halving_stops_trials_at_their_rungs(tmp_path, tiny_cifar, st
     successive halving over rung 0 and rung 1, and a pruned trial never runs a later rung or its full run."""
     ran: list[tuple[float, int]] = []
 
-    def rung_score(self, i, rung, cfg):
+    def rung_score(self, i, rung, cfg, run_opts):
         ran.append((cfg.lr, i))
         return {"rung": i, "epochs": rung.epochs, "train_size": rung.train_size, "val_acc": cfg.lr,
                 "train_time_s": 0.0, "eval_time_s": 0.0}
