@@ -29,6 +29,15 @@ class Interrupted(KeyboardInterrupt):
         return 128 + self.signum  # the shell's "killed by this signal": 130 for SIGINT, 143 for SIGTERM
 
 
+class WorkerInterrupted(Interrupted):
+    """A worker stopped by Ctrl-C / SIGTERM: `recorded` says whether the trial it was running could be recorded as
+    interrupted (and queued again): False when the database was unreachable, so the next run re-runs it."""
+
+    def __init__(self, signum: int = signal.SIGINT, recorded: bool = True):
+        super().__init__(signum)
+        self.recorded = recorded
+
+
 def first_line(error: BaseException) -> str:
     """The first line of an error's message (its type when it has none), for one-line reports."""
     lines = str(error).strip().splitlines()

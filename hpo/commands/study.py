@@ -88,7 +88,7 @@ def start_cmd(
     else:
         opts = WorkerOptions(data_dir=data_dir, device=device, workers=count or 1, threads=threads)
         run = lambda: start_study(spec, opts)  # noqa: E731
-    typer.echo(format_status(_interruptible(run)))
+    typer.echo(format_status(_interruptible(run, spec)))
 
 
 def join_cmd(
@@ -119,7 +119,7 @@ def join_cmd(
             raise HPOError("--devices is for local workers; on Ray each worker gets the device Ray assigns it")
         ray_opts = RayOptions(address=ray, trials_per_gpu=trials_per_device, cpus_per_worker=threads or 1)
         opts = WorkerOptions(data_dir=data_dir, device=device or "auto")
-        typer.echo(format_status(_interruptible(lambda: join_study_on_ray(spec, opts, ray_opts))))
+        typer.echo(format_status(_interruptible(lambda: join_study_on_ray(spec, opts, ray_opts), spec)))
         return
     try:
         finished_before = _finished(study_status(spec.storage, spec.name))
@@ -127,7 +127,7 @@ def join_cmd(
         finished_before = None  # no such study (yet): join_study says so, with what to do
     opts = WorkerOptions(data_dir=data_dir, threads=threads,
                          devices=device_slots(devices or device or "auto", trials_per_device))
-    status = _interruptible(lambda: join_study(spec, opts))
+    status = _interruptible(lambda: join_study(spec, opts), spec)
     typer.echo(format_status(status))
     if _finished(status) == finished_before:
         typer.echo("nothing left to do: the run of the last `hpo study start` has spent its trial budget, passed "
@@ -147,19 +147,35 @@ def _warn_if_proxy(url: str) -> None:
                    "stays RUNNING, never re-run)", err=True)
 
 
-def _interruptible(run: Callable[[], T]) -> T:
-    """Ctrl-C: the worker(s) marked a trial they were running failed and re-queued it; say so in one line, which
-    must not claim a trial where none had started yet (start-up, workers still starting), nor one the database
-    could not take (`recorded` False:
-    tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once)."""
+def _interruptible(run: Callable[[], T], spec: Any) -> T:
+    """Ctrl-C / SIGTERM: the worker(s) marked the trials they were running failed and queued them again; say so in
+    one line naming them, which claims no trial where none had started (start-up, workers still starting) and
+    none the database could not take (WorkerInterrupted.recorded False: the next run re-runs it)."""
+    from hpo.errors import WorkerInterrupted
+
     try:
         return run()
     except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too (exit 143)
-        what = ("a trial that was running is marked failed (fail_reason 'interrupted') and queued again"
-                if getattr(e, "recorded", True) else "the running trial could not be recorded as interrupted "
-                "(database unreachable, see the warning above): the next run re-runs it")
+        if isinstance(e, WorkerInterrupted) and not e.recorded:
+            what = ("the running trial could not be recorded as interrupted (database unreachable, see the warning "
+                    "above): the next run re-runs it")
+        else:
+            what = "a trial that was running is marked failed (fail_reason 'interrupted') and queued again"
+            stopped = _interrupted_trials(spec)
+            if stopped:
+                what += f" (trial{'s' if len(stopped) > 1 else ''} {', '.join(map(str, stopped))})"
         raise CommandInterrupted(f"{INTERRUPTED}{what}; run the same command to resume",
-                          exit_code=getattr(e, "exit_code", 130)) from None
+                                 exit_code=getattr(e, "exit_code", 130)) from None
+
+
+def _interrupted_trials(spec: Any) -> list[int]:
+    """The trials the interrupt stopped, read back from the study; none when it cannot be read."""
+    from hpo.results.records import interrupted_in_run
+
+    try:
+        return interrupted_in_run(spec.storage, spec.name)
+    except Exception:  # the database may be the reason for the interrupt; the line is still printed
+        return []
 
 
 @app.command("check")

@@ -143,3 +143,15 @@ def best_record(study: optuna.Study, trial: FrozenTrial) -> dict[str, Any]:
         "duration_s": duration, "device": attrs.get("device"), "seed_baseline": bool(attrs.get("seed_baseline")),
         "config": attrs.get("config"),
     }
+
+
+def interrupted_in_run(storage_url: str, name: str) -> list[int]:
+    """Trials of the current run (`hpo study start`'s run_budget) recorded as interrupted and queued again, not
+    re-run yet: what a Ctrl-C just stopped."""
+    study = load_study(storage_url, name, read_only=True)
+    first = (study.user_attrs.get("run_budget") or {}).get("first_trial", 0)
+    trials = study.get_trials(deepcopy=False)
+    rerun_of = {t.system_attrs["retry_history"][-1]: t for t in trials if t.system_attrs.get("retry_history")}
+    return [t.number for t in trials if t.number >= first and t.state == TrialState.FAIL
+            and t.user_attrs.get("fail_reason") == "interrupted" and t.number in rerun_of
+            and rerun_of[t.number].state == TrialState.WAITING]

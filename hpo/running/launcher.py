@@ -20,7 +20,7 @@ import torch
 
 from cifarnet.errors import CifarNetError
 from cifarnet.train import resolve_device
-from hpo.errors import HPOError
+from hpo.errors import HPOError, WorkerInterrupted
 
 FORWARD_INTERRUPT_S = 2.0  # a terminal's Ctrl-C reaches every child; after this, the ones still alive get it
 CHILD_STOP_S = 30.0  # an interrupted child records its trial as failed within this, else it is terminated
@@ -73,9 +73,9 @@ def run_processes(target: Callable[..., Any], jobs: list[tuple]) -> None:
             p.join()
     except KeyboardInterrupt as e:
         stop.set()
-        _interrupt(procs, getattr(e, "signum", signal.SIGINT))
-        e.recorded = all(p.exitcode != UNRECORDED_EXIT for p in procs)  # the same as hpo.running.worker's, for the CLI
-        raise
+        signum = getattr(e, "signum", signal.SIGINT)
+        _interrupt(procs, signum)
+        raise WorkerInterrupted(signum, recorded=all(p.exitcode != UNRECORDED_EXIT for p in procs)) from None
     failed = [_describe_exit(p) for p in procs if p.exitcode]
     if failed:
         raise HPOError(f"worker(s) stopped early: {', '.join(failed)}. Trials they left running are failed by "
@@ -115,7 +115,8 @@ def _child(target: Callable[..., Any], job: tuple, index: int, stop: Any) -> Non
         print(f"error: worker {index}: {e}", file=sys.stderr)
         sys.exit(1)
     except KeyboardInterrupt as e:  # hpo.errors.Interrupted for SIGTERM too
-        sys.exit(getattr(e, "exit_code", 130) if getattr(e, "recorded", True) else UNRECORDED_EXIT)
+        unrecorded = isinstance(e, WorkerInterrupted) and not e.recorded
+        sys.exit(UNRECORDED_EXIT if unrecorded else getattr(e, "exit_code", 130))
     except Exception as e:
         if os.environ.get("HPO_DEBUG"):
             raise

@@ -85,6 +85,10 @@ def run_on_ray(ray: ModuleType, spec: StudySpec, opts: WorkerOptions, ray_opts: 
     if n < 1:
         raise HPOError(f"the Ray cluster has {resources.get('CPU', 0):g} CPUs: too few for one worker of "
                        f"{ray_opts.cpus_per_worker} CPUs (--threads)")
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    print(f"Ray cluster: {len(nodes)} node(s), {resources.get('CPU', 0):g} CPUs, {gpus:g} GPUs; starting {n} "
+          f"worker(s) of {ray_opts.cpus_per_worker} CPU(s)"
+          + (f" and 1/{ray_opts.trials_per_gpu} GPU" if gpus else "") + " each", file=opts.out or sys.stdout, flush=True)
     task = ray.remote(run_slot)
     worker_opts = dataclasses.replace(opts, threads=ray_opts.cpus_per_worker, workers=1, devices=(), out=None)
     refs = [task.options(name=f"hpo-worker-{i}", num_cpus=ray_opts.cpus_per_worker,
@@ -152,6 +156,7 @@ def _cancel(ray: ModuleType, refs: list) -> None:
 
 def _connect(address: str) -> ModuleType:
     ray = import_ray()
+    print(f"connecting to the Ray cluster ({address}) ...", file=sys.stderr, flush=True)
     _check_reachable(ray, address)
     kwargs: dict[str, Any] = {"address": address, "log_to_driver": True, "configure_logging": False}
     if address == "local":

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
 from cifarnet.train import RunOptions
-from hpo.errors import HPOError, StorageError, first_line
+from hpo.errors import HPOError, StorageError, WorkerInterrupted, first_line
 from hpo.running.launcher import check_device, run_processes
 from hpo.running.notes import annotate_trial
 from hpo.running.objective import TRIAL_ERRORS, Objective
@@ -231,8 +231,8 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner
         try:
             study.optimize(runner, catch=TRIAL_ERRORS, callbacks=callbacks)
         except KeyboardInterrupt as e:
-            e.recorded = _requeue_after_interrupt(study, storage, runner.current)
-            raise
+            recorded = _requeue_after_interrupt(study, storage, runner.current)
+            raise WorkerInterrupted(getattr(e, "signum", signal.SIGINT), recorded) from None
         except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
             # optuna's tell: "Cannot tell a FAIL trial". This worker stalled past the grace period (a frozen VM,
             # a lost network) and another one failed and re-queued its trial
@@ -245,8 +245,8 @@ def run_trials(study: optuna.Study, storage: optuna.storages.BaseStorage, runner
             if (interrupt := interrupt_received()) is not None:
                 # optuna could not record the interrupted trial (database gone) and raised its own error instead
                 # (tests/hpo/test_distributed.py::test_ctrl_c_while_the_database_is_gone_exits_at_once).
-                interrupt.recorded = _requeue_after_interrupt(study, storage, runner.current)
-                raise interrupt from None
+                recorded = _requeue_after_interrupt(study, storage, runner.current)
+                raise WorkerInterrupted(interrupt.signum, recorded) from None
             if not is_transient(e):
                 raise
             # A trial in flight was failed with the reason or (if even that write failed) is left RUNNING for

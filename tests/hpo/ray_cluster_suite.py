@@ -27,8 +27,7 @@ from cifarnet.train import load_checkpoint
 from hpo.results.consistency import check_consistency
 from tests.conftest import write_cifar_batches
 from tests.hpo.studyfiles import write_study
-from tests.hpo.test_distributed import (pg_url, storage_for, trials_of, wait_for,  # noqa: F401  (pg_url: fixture)
-                                        worker_pid)
+from tests.helpers import storage_for, trials_of, wait_for, worker_pid
 
 
 HPO = str(Path(sys.executable).parent / "hpo")
@@ -111,6 +110,8 @@ def test_study_across_two_nodes_survives_ctrl_c_and_resumes_to_its_budget(tmp_pa
     trials = trials_of(pg_url, study_name)
     assert not [t for t in trials if t.state == TrialState.RUNNING]  # every worker stopped and said so
     interrupted = [t for t in trials if t.user_attrs.get("fail_reason") == "interrupted"]
+    named = err.strip().splitlines()[-1]  # the one Ctrl-C line names every trial that was running
+    assert all(re.search(rf"\b{t.number}\b", named.split("(trial", 1)[-1]) for t in interrupted), named
     queued = [t for t in trials if t.state == TrialState.WAITING]
     assert len(interrupted) >= 2 and sorted(t.system_attrs["retry_history"][-1] for t in queued) == sorted(
         t.number for t in interrupted)

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 from hpo.running.ray_workers import RayOptions, slots
 from tests.conftest import REPO
 from tests.hpo.studyfiles import write_study
-from tests.hpo.test_distributed import pg_url, trials_of  # noqa: F401  (pg_url: fixture)
+from tests.helpers import trials_of
 
 # PostgreSQL as seen from inside the namespace (no TCP route to the host's loopback there).
 SOCKET_URL = os.environ.get("HPO_TEST_POSTGRES_SOCKET_URL", "postgresql+psycopg://postgres@/test?host=/var/run/postgresql")
@@ -52,6 +52,8 @@ def test_study_start_joins_a_ray_start_head_cluster_on_loopback(tmp_path, tiny_c
               f"--data-dir {tiny_cifar}; rc=$?; ray stop --force >/dev/null 2>&1; exit $rc")
     proc = in_own_network_namespace(script, {"RAY_worker_niceness": "0"}, 360)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    # what the cluster is, before 20-30 s of workers starting
+    assert "Ray cluster: 1 node(s), 2 CPUs, 0 GPUs; starting 2 worker(s) of 1 CPU(s) each" in proc.stdout
     trials = [t for t in trials_of(pg_url, study_name) if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(trials) >= 3
     assert {t.user_attrs["placement"]["node_ip"] for t in trials} == {"127.0.0.1"}
