@@ -43,6 +43,7 @@ SAMPLER_OPTIONS: dict[str, dict[str, type]] = {
     "random": {"seed": int},
     "gp": {"seed": int, "n_startup_trials": int},
     "cmaes": {"seed": int, "n_startup_trials": int},
+    "qmc": {"seed": int, "scramble": bool},  # scrambled Sobol points, in trial order (benchmark tables)
 }
 PRUNER_OPTIONS: dict[str, dict[str, type]] = {
     "median": {"n_startup_trials": int, "n_warmup_steps": int, "interval_steps": int, "n_min_trials": int},
@@ -56,6 +57,7 @@ STUDY_KEYS = {"name": str, "storage": str, "trials": int, "timeout": float, "tar
 BUDGET_KEYS = {"epochs": int, "train_size": int, "val_size": int, "split_seed": int, "rungs": list}
 RUNG_KEYS = {"epochs": int, "train_size": int}
 MAX_RUNGS = 8
+RUNG_BASE = 3  # rung i reports at step 3**i: optuna's successive halving rungs (min_resource 1, reduction_factor 3)
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
 FINALIST_KEYS = {"top": int, "seeds": int, "epochs": int, "train_size": int}
 RETRAIN_KEYS = {"target": float, "max_epochs": int, "train_size": int}
@@ -307,12 +309,16 @@ def _parse_kind(table: str, values: dict[str, Any], kinds: dict[str, dict[str, t
     return kind, options
 
 
+# The one map from a study file's pruner kind to optuna's class (hpo.running.study.build_pruner builds from it).
+PRUNERS: dict[str, type[optuna.pruners.BasePruner]] = {
+    "median": optuna.pruners.MedianPruner, "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
+    "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}
+
+
 def _check_pruner(kind: str, options: dict[str, Any]) -> None:
     """optuna's own constructor checks the options' relations (e.g. reduction_factor >= 2) up front."""
-    pruner = {"median": optuna.pruners.MedianPruner, "successive-halving": optuna.pruners.SuccessiveHalvingPruner,
-              "hyperband": optuna.pruners.HyperbandPruner, "none": optuna.pruners.NopPruner}[kind]
     try:
-        pruner(**options)
+        PRUNERS[kind](**options)
     except (ValueError, TypeError) as e:
         raise StudyFileError(f"[pruner] (kind {kind}): {e}") from None
 

@@ -21,7 +21,7 @@ import logging
 import statistics
 import sys
 from dataclasses import dataclass
-from typing import Any, TextIO
+from typing import Any, Iterable, TextIO
 
 import optuna
 import torch
@@ -62,27 +62,38 @@ def run_finalists(storage_url: str, name: str, opts: FinalistOptions = FinalistO
     if not top:
         raise HPOError(f"study {name!r} has no complete trial: nothing to choose finalists from")
     fidelity = finalist_fidelity(spec, plan)
-    out = opts.out or sys.stdout
-    if opts.threads:
-        torch.set_num_threads(opts.threads)
-    optuna.logging.set_verbosity(logging.WARNING)
-    finals = _finalist_study(spec, study)
-    splits = make_splits(load_cifar10(opts.data_dir), fidelity.data)
-    store = study_artifact_dir(study.user_attrs, storage_url, spec.artifact_dir)
-    run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0)
-    todo = [(t, seed) for t in top for seed in range(plan.seeds) if _result(finals, t.number, seed) is None]
-    for i, (trial, seed) in enumerate(todo, 1):
-        seeded = dataclasses.replace(fidelity, base=fidelity.base.replace(seed=seed))
-        finals.enqueue_trial(trial.params, user_attrs={"finalist_of": trial.number, "finalist_seed": seed})
-        objective = Objective(seeded, splits, run_opts, store, say=lambda line: print(line, file=out, flush=True))
-        finals.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
-        value = _result(finals, trial.number, seed)
-        shown = f"val_acc {value:.4f}" if value is not None else "failed"
-        print(f"finalist {i}/{len(todo)}: trial {trial.number} seed {seed}: {shown}", file=out, flush=True)
+    finals = repeat_trials(study, fidelity, top, range(plan.seeds), opts, label="finalist")
     record = finalists_record(top, finals, plan, fidelity)
     study.set_user_attr(FINALISTS_ATTR, record)
     _note(study, record)
     return record
+
+
+def repeat_trials(search: optuna.Study, spec: StudySpec, sources: list[FrozenTrial], seeds: Iterable[int],
+                  opts: FinalistOptions, label: str) -> optuna.Study:
+    """Each source trial's configuration trained again with each seed, as enqueued trials of the study
+    `spec.name` in the search's storage, scored by the search's objective at `spec`'s fidelity (its rungs
+    too, with no pruner); pairs already complete there are kept. Returns that study."""
+    out = opts.out or sys.stdout
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    optuna.logging.set_verbosity(logging.WARNING)
+    repeats = _repeat_study(spec, search)
+    cifar = load_cifar10(opts.data_dir)
+    splits = make_splits(cifar, spec.data)
+    store = study_artifact_dir(search.user_attrs, spec.storage, spec.artifact_dir)
+    run_opts = RunOptions(device=opts.device, progress=False, loader_workers=0)
+    todo = [(t, seed) for t in sources for seed in seeds if _result(repeats, t.number, seed) is None]
+    for i, (trial, seed) in enumerate(todo, 1):
+        seeded = dataclasses.replace(spec, base=spec.base.replace(seed=seed))
+        repeats.enqueue_trial(trial.params, user_attrs={"finalist_of": trial.number, "finalist_seed": seed})
+        objective = Objective(seeded, splits, run_opts, store, cifar,
+                              say=lambda line: print(line, file=out, flush=True))
+        repeats.optimize(objective, n_trials=1, catch=TRIAL_ERRORS)
+        value = _result(repeats, trial.number, seed)
+        shown = f"val_acc {value:.4f}" if value is not None else "failed"
+        print(f"{label} {i}/{len(todo)}: trial {trial.number} seed {seed}: {shown}", file=out, flush=True)
+    return repeats
 
 
 def top_trials(trials: list[FrozenTrial], k: int) -> list[FrozenTrial]:
@@ -99,14 +110,14 @@ def finalist_fidelity(spec: StudySpec, plan: FinalistSpec) -> StudySpec:
                                stop_on_target=False)
 
 
-def _finalist_study(spec: StudySpec, search: optuna.Study) -> optuna.Study:
+def _repeat_study(spec: StudySpec, search: optuna.Study) -> optuna.Study:
     storage = open_storage(spec.storage)
-    finals = with_lock_retry(lambda: optuna.create_study(
-        storage=storage, study_name=finalist_study_name(spec.name), direction="maximize", load_if_exists=True,
+    repeats = with_lock_retry(lambda: optuna.create_study(
+        storage=storage, study_name=spec.name, direction="maximize", load_if_exists=True,
         sampler=optuna.samplers.RandomSampler(seed=0), pruner=optuna.pruners.NopPruner()))
-    finals.set_user_attr("finalists_of", spec.name)
-    finals.set_user_attr(STUDY_UID, search.user_attrs[STUDY_UID] + "-finalists")  # own checkpoint folder
-    return finals
+    repeats.set_user_attr("repeats_of", search.study_name)
+    repeats.set_user_attr(STUDY_UID, f"{search.user_attrs[STUDY_UID]}-{spec.name}")  # own checkpoint folder
+    return repeats
 
 
 def _result(finals: optuna.Study, number: int, seed: int) -> float | None:

@@ -40,7 +40,7 @@ from cifarnet.train import RunOptions, describe_progress, precision, resolve_dev
 from hpo.running.checkpoints import TrialCheckpoint, retry_history
 from hpo.definition.space import apply_params, suggest_config
 from hpo.running.study import INTERRUPTED_REASON, request_stop
-from hpo.definition.study_file import Rung, StudySpec
+from hpo.definition.study_file import RUNG_BASE, Rung, StudySpec
 
 # Exceptions that fail one trial while the study goes on (all others stop the worker after recording why):
 # NaN/inf loss and bad searched configs (CifarNetError), and a too-wide network on a small GPU.
@@ -49,7 +49,6 @@ STOP_REASON = "stopped: another trial reached the study's target accuracy"
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}"  # which process ran a trial (workers may be anywhere)
 # Recorded on every trial this process runs; a Ray worker adds its node and assigned GPUs (hpo.running.ray_workers).
 PLACEMENT: dict[str, Any] = {}
-RUNG_BASE = 3  # rung i reports at step 3**i (see the module doc)
 
 
 class Objective:

@@ -21,7 +21,7 @@ from hpo.errors import HPOError, StorageError, StudyFileError
 from hpo.definition.paths import stored_artifact_dir
 from hpo.definition.space import Choice, SearchSpace, seed_params
 from hpo.storage import Backoff, display_url, is_locked, open_existing_storage, open_storage, retry
-from hpo.definition.study_file import StudySpec, load_study_file, spec_from_dict
+from hpo.definition.study_file import PRUNERS, RUNG_BASE, StudySpec, load_study_file, spec_from_dict
 
 # Study-file tables that define what a trial means; resuming with any of them changed would mix
 # incomparable trials in one study, so it is refused. Everything else (trials, sampler, ...) may change.
@@ -48,6 +48,10 @@ def build_sampler(spec: StudySpec, seed_offset: int | None = 0, first_trial: int
         sequence = numpy.random.SeedSequence([options["seed"], seed_offset, first_trial])
         options["seed"] = int(sequence.generate_state(1)[0])
     kind = spec.sampler.kind
+    if kind == "qmc":  # QMC indexes its sequence by trial number: the file's seed never replays a point
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.QMCSampler(qmc_type="sobol", **spec.sampler.options)
     if kind == "tpe":
         return optuna.samplers.TPESampler(**options)
     if kind == "random":
@@ -62,14 +66,10 @@ def build_sampler(spec: StudySpec, seed_offset: int | None = 0, first_trial: int
 
 
 def build_pruner(spec: StudySpec) -> optuna.pruners.BasePruner:
-    options, kind = dict(spec.pruner.options), spec.pruner.kind
-    if kind == "median":
-        return optuna.pruners.MedianPruner(**options)
-    if kind == "successive-halving":
-        return optuna.pruners.SuccessiveHalvingPruner(**options)
-    if kind == "hyperband":
-        return optuna.pruners.HyperbandPruner(**{"max_resource": spec.base.epochs, **options})
-    return optuna.pruners.NopPruner()
+    options = dict(spec.pruner.options)
+    if spec.pruner.kind == "hyperband":  # its largest rung: the per-trial epochs, or the full run's step with rungs
+        options.setdefault("max_resource", RUNG_BASE ** len(spec.rungs) if spec.rungs else spec.base.epochs)
+    return PRUNERS[spec.pruner.kind](**options)
 
 
 def load_run_spec(path: str | Path, storage: str | None = None, n_trials: int | None = None,
