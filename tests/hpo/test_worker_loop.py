@@ -9,11 +9,9 @@ import functools
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
 import sqlalchemy
 from optuna.trial import TrialState
@@ -21,33 +19,8 @@ from optuna.trial import TrialState
 import hpo.storage.opening
 from hpo.results.consistency import check_consistency
 from hpo.storage import open_storage
+from tests.helpers import DONE, HPO, hpo_popen, hpo_run, run_cli, storage_for, trials_of, wait_for
 from tests.hpo.studyfiles import write_study
-
-HPO = str(Path(sys.executable).parent / "hpo")
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-storage_for = functools.cache(open_storage)
-
-
-def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage_for(url)).trials
-    except KeyError:  # not created yet
-        return []
-
-
-def hpo_popen(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([HPO, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_until(condition, proc: subprocess.Popen | None, what: str, timeout_s: float = 90):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc is None or proc.poll() is None, f"hpo ended before {what}: {proc.communicate()}"
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"not within {timeout_s} s: {what}")
 
 
 def first_epoch_done(url: str, name: str):
@@ -62,11 +35,10 @@ def test_stalled_worker_drops_its_lost_trial_and_goes_on(tmp_path, tiny_cifar, s
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     stalled = hpo_popen("study", "start", str(path), "--n-trials", "2", *data, cwd=tmp_path)
     try:
-        trial = wait_until(lambda: first_epoch_done(storage_url, study_name), stalled, "a trial finished an epoch")
+        trial = wait_for(lambda: first_epoch_done(storage_url, study_name), stalled, "a trial finished an epoch")
         stalled.send_signal(signal.SIGSTOP)
         time.sleep(3)  # past the grace period (2 s)
-        other = subprocess.run([HPO, "study", "join", str(path), *data], cwd=tmp_path, capture_output=True, text=True,
-                               timeout=120)
+        other = run_cli("study", "join", str(path), *data)  # the other worker, here (this process is not stalled)
         assert trials_of(storage_url, study_name)[trial.number].state == TrialState.FAIL
     finally:
         stalled.send_signal(signal.SIGCONT)
@@ -95,7 +67,7 @@ def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 6}, workers={"grace_period": 2})
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     dead = hpo_popen("study", "start", str(path), "--n-trials", "1", *data, cwd=tmp_path)
-    trial = wait_until(lambda: first_epoch_done(storage_url, study_name), dead, "a trial finished an epoch")
+    trial = wait_for(lambda: first_epoch_done(storage_url, study_name), dead, "a trial finished an epoch")
     dead.kill()
     dead.communicate()
     frozen = open_storage(storage_url).engine.connect()
@@ -104,8 +76,8 @@ def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path
             "SELECT 1 FROM trials JOIN studies USING (study_id) WHERE study_name = :name AND number = :number "
             "FOR KEY SHARE OF trials"), {"name": study_name, "number": trial.number})
         time.sleep(3)  # the grace period: trial 0 is stale
-        other = subprocess.run([HPO, "study", "join", str(path), *data], cwd=tmp_path, capture_output=True,
-                               text=True, timeout=60)
+        # A process of its own: its sessions keep the server's default STALLED_TRANSACTION_S, not the 2 s above.
+        other = hpo_run("study", "join", str(path), *data, cwd=tmp_path, timeout=60)
         assert other.returncode == 0, other.stderr
         with pytest.raises(sqlalchemy.exc.DBAPIError, match="idle-in-transaction timeout"):
             frozen.execute(sqlalchemy.text("SELECT 1"))  # the server ended the frozen session
@@ -117,11 +89,14 @@ def test_a_worker_frozen_inside_a_transaction_does_not_block_the_others(tmp_path
     assert check_consistency(storage_for(storage_url), study_name) == []
 
 
+# SQLite only: what SIGTERM does is the worker's, not the storage's (Ctrl-C on PostgreSQL, with the re-queued trial
+# re-run: tests/hpo/test_distributed.py::test_ctrl_c_fails_the_trial_and_the_next_start_resumes).
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)
 def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_url, study_name):
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 12})
     args = ["study", "start", str(path), "--n-trials", "1", "--data-dir", str(tiny_cifar), "--threads", "1"]
     proc = hpo_popen(*args, cwd=tmp_path)
-    wait_until(lambda: first_epoch_done(storage_url, study_name), proc, "trial 0 finished an epoch")
+    wait_for(lambda: first_epoch_done(storage_url, study_name), proc, "trial 0 finished an epoch")
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, (out, err)
@@ -130,7 +105,7 @@ def test_sigterm_is_ctrl_c_and_the_rerun_is_named(tmp_path, tiny_cifar, storage_
     assert interrupted.state == TrialState.FAIL and interrupted.user_attrs["fail_reason"] == "interrupted"
     assert queued.state == TrialState.WAITING and queued.params == interrupted.params
 
-    resumed = subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = run_cli(*args)  # the next start: the database carries the queue over, any process may run it
     assert resumed.returncode == 0, resumed.stderr
     # The interrupted trial does not count against the budget; its re-run does, and says what it re-runs.
     assert "trial 1 (re-run of trial 0) complete: " in resumed.stdout and " | 1/1 done: 1 complete" in resumed.stdout
@@ -142,10 +117,9 @@ def test_ctrl_c_while_the_worker_processes_start_prints_no_traceback(tmp_path, t
     importing torch: each printed a 40-line KeyboardInterrupt traceback from inside an import."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
     path = write_study(tmp_path, study_name, url)
-    proc = subprocess.Popen([HPO, "study", "start", str(path), "--workers", "2", "--threads", "1", "--data-dir",
-                             str(tiny_cifar)], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)  # its own process group, like a terminal's job
-    wait_until(lambda: len(_spawned_workers(proc.pid)) == 2, proc, "both worker processes spawned")
+    proc = hpo_popen("study", "start", str(path), "--workers", "2", "--threads", "1", "--data-dir", str(tiny_cifar),
+                     cwd=tmp_path, start_new_session=True)  # its own process group, like a terminal's job
+    wait_for(lambda: len(_spawned_workers(proc.pid)) == 2, proc, "both worker processes spawned")
     os.killpg(proc.pid, signal.SIGINT)  # as the terminal does: within milliseconds of the spawn, mid-import
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err and err.count("\n") == 1, err
@@ -174,8 +148,8 @@ def test_sigterm_to_the_parent_stops_every_worker(tmp_path, tiny_cifar, study_na
     path = write_study(tmp_path, study_name, url, budget={"epochs": 40}, pruner={"n_startup_trials": 100})
     proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
                      "--data-dir", str(tiny_cifar), cwd=tmp_path)
-    wait_until(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
-                            and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
+    wait_for(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
+                          and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
     os.kill(proc.pid, signal.SIGTERM)  # the parent alone, as systemd or `timeout` would
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 143 and err.startswith("interrupted: ") and err.count("\n") == 1, err
@@ -193,8 +167,8 @@ def test_workers_stop_when_their_parent_is_killed(tmp_path, tiny_cifar, study_na
     path = write_study(tmp_path, study_name, url, budget={"epochs": 40}, pruner={"n_startup_trials": 100})
     proc = hpo_popen("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
                      "--data-dir", str(tiny_cifar), cwd=tmp_path)
-    wait_until(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
-                            and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
+    wait_for(lambda: len([t for t in trials_of(url, study_name) if t.state == TrialState.RUNNING
+                          and t.user_attrs.get("curve")]) == 2, proc, "both workers finished an epoch")
     workers = _spawned_workers(proc.pid)
     os.kill(proc.pid, signal.SIGKILL)
     try:
@@ -238,7 +212,7 @@ def test_a_database_that_cannot_grow_stops_the_worker_with_the_drivers_words_and
         "running is re-run)"), full.stderr
     assert not any(words in full.stderr for words in ("unexpected", "Should not reach", "invalid data")), full.stderr
     before = {t.number: t.values for t in trials_of(f"sqlite:///{db}", study_name) if t.state.is_finished()}
-    again = subprocess.run([*args, "--n-trials", "2"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    again = run_cli(*args[1:], "--n-trials", "2")  # the same command without the limit
     assert again.returncode == 0, again.stderr
     after = trials_of(f"sqlite:///{db}", study_name)
     assert {t.number: t.values for t in after if t.number in before} == before  # what was recorded stays
