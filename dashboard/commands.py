@@ -59,9 +59,14 @@ def report_cmd(
     storage: StorageOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write (plotly.js embedded).")] = Path(
         "report.html"),
+    ablation: Annotated[Optional[Path], typer.Option(
+        help="benchmarks/ablation.py's summary.json: its effect sizes beside the importances (default: "
+             "results/ablation/summary.json when it is in the current folder).")] = None,
 ) -> None:
-    """Write one self-contained HTML report: history, curves, importances, size vs accuracy, retrains."""
+    """Write one self-contained HTML report: history, curves, importances beside the ablation's effects, size vs
+    accuracy, pruning, finalists, retrains."""
     from dashboard.report import report_study
 
-    path = report_study(study, storage, out)
+    default = Path("results/ablation/summary.json")
+    path = report_study(study, storage, out, ablation or (default if default.is_file() else None))
     typer.echo(f"wrote {path}")

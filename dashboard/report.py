@@ -13,6 +13,7 @@ import html
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import plotly.graph_objects as go
@@ -21,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.colors import qualitative
 
 from cifarnet.files import write_text_atomic
+from hpo.errors import HPOError
 from hpo.results.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
 from hpo.results.records import rerun_note, reruns
 from hpo.definition.paths import locate_study
@@ -40,32 +42,49 @@ class Section:
     title: str
     figure: go.Figure | None  # None when there is nothing to draw yet; `note` says why
     note: str = ""
+    rows: tuple[tuple[str, ...], ...] = ()  # a table drawn under the note: a header row, then data rows
 
 
-def build_report(study: optuna.Study, storage: optuna.storages.BaseStorage | str | None = None) -> str:
+def build_report(study: optuna.Study, storage: optuna.storages.BaseStorage | str | None = None,
+                 ablation: dict[str, Any] | None = None) -> str:
     """The whole page as one HTML string. With the study's `storage`, a study of the search benchmark
-    (benchmarks/search.py) also gets the comparison with the other strategies stored beside it."""
+    (benchmarks/search.py) also gets the comparison with the other strategies stored beside it; with `ablation`
+    (benchmarks/ablation.py's summary), the importances are shown beside the ablation's effect sizes."""
     trials = study.get_trials(deepcopy=False)
-    sections = [history_section(study, trials), curves_section(study, trials), importance_section(study, trials),
-                parallel_section(study, trials), size_section(trials), pruning_section(study, trials),
-                retrain_section(study)]
+    sections = [history_section(study, trials), curves_section(study, trials),
+                importance_section(study, trials, ablation), parallel_section(study, trials), size_section(trials),
+                pruning_section(study, trials), finalists_section(study), retrain_section(study)]
     compared = strategy_section(study, storage) if storage is not None else None
     if compared is not None:
         sections.insert(-1, compared)
     return render_page(study, trials, sections)
 
 
-def write_report(study: optuna.Study, path: str | Path, storage: optuna.storages.BaseStorage | None = None) -> Path:
+def write_report(study: optuna.Study, path: str | Path, storage: optuna.storages.BaseStorage | None = None,
+                 ablation: dict[str, Any] | None = None) -> Path:
     path = Path(path)
-    write_text_atomic(build_report(study, storage), path)  # a crash mid-write never leaves half a report
+    write_text_atomic(build_report(study, storage, ablation), path)  # a crash mid-write never leaves half a report
     return path
 
 
-def report_study(study: str | Path, storage: str | None, out: str | Path) -> Path:
-    """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML."""
+def report_study(study: str | Path, storage: str | None, out: str | Path, ablation: Path | None = None) -> Path:
+    """`hpo report`: `study` is a study name (in --storage, else the default database) or a study TOML;
+    `ablation`: benchmarks/ablation.py's summary.json, shown beside the importances."""
     name, url = locate_study(str(study), storage)
+    effects = read_ablation(ablation) if ablation is not None else None
     opened = open_existing_storage(url, read_only=True)  # read once: the study and its sibling studies
-    return write_report(load_study(url, name, storage=opened), out, opened)
+    return write_report(load_study(url, name, storage=opened), out, opened, effects)
+
+
+def read_ablation(path: Path) -> dict[str, Any]:
+    """benchmarks/ablation.py's summary.json, or one HPOError line."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise HPOError(f"cannot read the ablation summary {path}: {getattr(e, 'strerror', None) or e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("effects"), dict):
+        raise HPOError(f"{path} is not an ablation summary (benchmarks/ablation.py writes one: no 'effects')")
+    return data
 
 
 def complete_trials(trials: list[FrozenTrial]) -> list[FrozenTrial]:
@@ -115,20 +134,81 @@ def curves_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
                    f"One line per trial; {drawn} pruned trial(s) end in a red x where the pruner stopped them{unseen}.")
 
 
-def importance_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
+# Which searched parameter each ablation arm (benchmarks/ablation.py) changes.
+ARM_PARAMETER = {"stride-conv-alone": "downsample", "maxpool": "downsample", "dilated-last-downsample": "downsample3",
+                 "plain-convs": "depthwise", "no-residual-3b": "residual", "residual-all": "residual_all",
+                 "gelu": "activation", "bn-before-act": "norm_order", "whiten": "whiten",
+                 "norm-lr-x4": "norm_lr_scale", "alternate-flip": "alternate_flip", "ema-0.99": "ema_decay",
+                 "tta-shift-1": "tta_shift"}
+
+
+def importance_section(study: optuna.Study, trials: list[FrozenTrial],
+                       ablation: dict[str, Any] | None = None) -> Section:
     n = len(complete_trials(trials))
     title = "Parameter importances"
-    if n < MIN_TRIALS_FOR_IMPORTANCE:
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
+    enough = n >= MIN_TRIALS_FOR_IMPORTANCE
+    rows: tuple[tuple[str, ...], ...] = ()
+    if ablation:
+        try:
+            importances = optuna.importance.get_param_importances(study, evaluator=evaluator) if enough else {}
+        except (RuntimeError, ValueError):
+            importances = {}
+        rows = effect_rows(ablation, importances)
+    if not enough:
         return Section("importance", title, None,
                        f"Not enough complete trials for parameter importances: {n} complete, "
-                       f"at least {MIN_TRIALS_FOR_IMPORTANCE} needed for a ranking that is not noise.")
+                       f"at least {MIN_TRIALS_FOR_IMPORTANCE} needed for a ranking that is not noise.", rows)
     try:
-        fig = optuna.visualization.plot_param_importances(
-            study, evaluator=optuna.importance.PedAnovaImportanceEvaluator())
+        fig = optuna.visualization.plot_param_importances(study, evaluator=evaluator)
     except (RuntimeError, ValueError) as e:  # e.g. every complete trial has the same parameters
-        return Section("importance", title, None, f"Parameter importances could not be computed: {e}")
+        return Section("importance", title, None, f"Parameter importances could not be computed: {e}", rows)
     fig.update_layout(title=None)
-    return Section("importance", title, fig, f"PED-ANOVA over {n} complete trials (the top 10% against all).")
+    beside = " Below, the ablation's paired effects of the same switches (benchmarks/ablation.py)." if rows else ""
+    return Section("importance", title, fig, f"PED-ANOVA over {n} complete trials (the top 10% against all)."
+                                             f"{beside}", rows)
+
+
+def effect_rows(ablation: dict[str, Any], importances: dict[str, float]) -> tuple[tuple[str, ...], ...]:
+    """One row per ablation arm: the switch it changes, its paired effect on test accuracy from each base (mean
+    and 95% interval, percentage points), and that parameter's importance in this study where it was searched."""
+    effects = ablation.get("effects", ablation)
+    bases = list(effects)
+    head = ("ablation arm", "parameter", *(f"effect from the {b} base (test, pp)" for b in bases),
+            "importance here")
+    arms = list(dict.fromkeys(a for b in bases for a in effects[b].get("arms", {})))
+
+    def cell(base: str, arm: str) -> str:
+        t = effects[base].get("arms", {}).get(arm, {}).get("test")
+        if not t:
+            return "-"
+        ci = f" [{100 * t['low']:+.2f}, {100 * t['high']:+.2f}]" if t.get("low") is not None else ""
+        return f"{100 * t['mean']:+.2f}{ci} (n={t['n']})"
+
+    rows = []
+    for arm in arms:
+        param = ARM_PARAMETER.get(arm, "")
+        searched = [k for k in importances if k == param or k.startswith(param) and param]
+        importance = ", ".join(f"{k} {importances[k]:.2f}" for k in searched) or "not searched"
+        rows.append((arm, param, *(cell(b, arm) for b in bases), importance))
+    return (head, *rows)
+
+
+def finalists_section(study: optuna.Study) -> Section:
+    """The finalists (hpo.running.finalists): the top trials re-run with several seeds, and the winner."""
+    record = study.user_attrs.get("finalists")
+    title = "Finalists: the top trials with more seeds"
+    if not isinstance(record, dict):
+        return Section("finalists", title, None, "No finalists ran yet (`hpo study finalists`, or the first step "
+                                                 "of `hpo retrain` when the study file has a [finalists] table).")
+    head = ("trial", "search val_acc", *(f"seed {s}" for s in range(record["seeds"])), "mean val_acc", "")
+    rows = [(str(r["trial"]), f"{r['search_val_acc']:.4f}",
+             *("-" if v is None else f"{v:.4f}" for v in r["val_acc"]),
+             "-" if r["mean_val_acc"] is None else f"{r['mean_val_acc']:.4f}",
+             "winner" if r["trial"] == record["winner"] else "") for r in record["rows"]]
+    note = (f"{record['epochs']} epochs x {record['train_size'] or 'all'} training images per run, scored on the "
+            f"validation split. Winner: trial {record['winner']} ({record['why']}).")
+    return Section("finalists", title, None, note, (head, *rows))
 
 
 def parallel_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
@@ -297,14 +377,23 @@ def render_page(study: optuna.Study, trials: list[FrozenTrial], sections: list[S
     for s in sections:
         chart = (s.figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"fig-{s.key}",
                                   default_height="460px") if s.figure is not None else "")
-        css = "note" if s.figure is not None else "note missing"
+        css = "note" if s.figure is not None or s.rows else "note missing"
         body.append(f'<section id="{s.key}"><h2>{html.escape(s.title)}</h2>'
-                    f'<p class="{css}">{html.escape(s.note)}</p>{chart}</section>')
+                    f'<p class="{css}">{html.escape(s.note)}</p>{chart}{_table(s.rows)}</section>')
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>Study {name}</title>'
             f"<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head>"
             f"<body><h1>Study {name}</h1><table class=\"summary\">{rows}</table>{''.join(body)}</body></html>\n")
 
 
+def _table(rows: tuple[tuple[str, ...], ...]) -> str:
+    if not rows:
+        return ""
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows[1:])
+    return f'<table class="rows"><tr>{head}</tr>{body}</table>'
+
+
 CSS = """body{font-family:sans-serif;margin:24px auto;max-width:1100px;color:#222}
 h1{font-size:1.6em}h2{font-size:1.2em;margin-top:32px;border-bottom:1px solid #ddd}
-table.summary th{text-align:left;padding-right:16px}p.note{color:#555}p.missing{color:#a33;font-weight:bold}"""
+table.summary th{text-align:left;padding-right:16px}
+table.rows{border-collapse:collapse}table.rows td,table.rows th{border:1px solid #ddd;padding:2px 8px;text-align:left}p.note{color:#555}p.missing{color:#a33;font-weight:bold}"""
