@@ -1,12 +1,10 @@
 """open_storage: real SQLite and PostgreSQL open alike; bad URLs give one clear line, from the library and
-the installed CLI."""
+the CLI."""
 
 from __future__ import annotations
 
 import signal
 import sqlite3
-import subprocess
-import sys
 import time
 import uuid
 import warnings
@@ -21,8 +19,8 @@ from hpo.storage import display_url, interrupts_between_storage_calls, open_stor
 from hpo.storage.optuna_internals import MISSING_CALLS, RETRIED_CALLS, ReconnectingRDBStorage
 from hpo.definition.study_file import WorkerSpec
 from tests.conftest import POSTGRES_URL
+from tests.helpers import one_error_line, run_cli
 
-HPO = str(Path(sys.executable).parent / "hpo")
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
 
 
@@ -117,11 +115,8 @@ def test_display_url_hides_password():
 ])
 def test_cli_bad_storage_url_one_line_exit_1(tmp_path, tiny_cifar, args):
     # `hpo worker` with an unreachable server: tests/hpo/test_distributed.py (bad input).
-    r = subprocess.run([HPO, *args, "--data-dir", str(tiny_cifar)] if args[1] == "start" else [HPO, *args],
-                       capture_output=True, text=True, cwd=tmp_path)
-    assert r.returncode == 1 and not r.stdout
-    assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and "storage" in r.stderr
+    r = run_cli(*args, "--data-dir", str(tiny_cifar)) if args[1] == "start" else run_cli(*args)
+    assert "storage" in one_error_line(r) and not r.stdout  # exit 1, one line, no traceback
 
 
 READ_ONLY_COMMANDS = [["study", "list"], ["study", "status", "s"], ["study", "best", "s"], ["study", "verify", "s"],
@@ -136,7 +131,7 @@ def test_read_only_commands_leave_an_unrelated_sqlite_file_unchanged(tmp_path):
     conn.close()
     before = db.read_bytes()
     for args in READ_ONLY_COMMANDS:
-        r = subprocess.run([HPO, *args, "--storage", f"sqlite:///{db}"], capture_output=True, text=True, cwd=tmp_path)
+        r = run_cli(*args, "--storage", f"sqlite:///{db}")
         assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.stderr)
         assert "holds no optuna studies" in r.stderr, r.stderr
     assert db.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
@@ -147,7 +142,7 @@ def test_read_only_commands_name_a_postgresql_database_that_does_not_exist():
     missing = str(sqlalchemy.engine.make_url(POSTGRES_URL).set(database=f"no_such_db_{uuid.uuid4().hex[:8]}")
                   .render_as_string(hide_password=False))
     for args in READ_ONLY_COMMANDS[:2]:
-        r = subprocess.run([HPO, *args, "--storage", missing], capture_output=True, text=True)
+        r = run_cli(*args, "--storage", missing)
         assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (args, r.stderr)
         assert "does not exist" in r.stderr and "holds no optuna studies" not in r.stderr, r.stderr
 
@@ -165,8 +160,8 @@ def test_a_corrupt_sqlite_database_is_reported_once(tmp_path, study_name):
     data[3 * page_size:4 * page_size] = bytes(range(256)) * (page_size // 256)  # a b-tree page overwritten
     db.write_bytes(bytes(data))
     for args in (READ_ONLY_COMMANDS[1], ["study", "list"]):
-        r = subprocess.run([HPO, *args[:2], study_name, "--storage", f"sqlite:///{db}"] if len(args) > 2 else
-                           [HPO, *args, "--storage", f"sqlite:///{db}"], capture_output=True, text=True, cwd=tmp_path)
+        r = run_cli(*args[:2], study_name, "--storage", f"sqlite:///{db}") if len(args) > 2 else run_cli(
+            *args, "--storage", f"sqlite:///{db}")
         assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
         assert "database disk image is malformed" in r.stderr, r.stderr
