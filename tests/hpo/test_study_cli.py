@@ -1,52 +1,38 @@
-"""The installed `hpo study ...` / `hpo worker` commands on real storage (SQLite file and PostgreSQL):
-start -> best as JSON, K parallel workers, and a killed worker's trial re-run."""
+"""The `hpo study ...` / `hpo worker` commands on real storage (SQLite file and PostgreSQL): start -> best as
+JSON, K parallel workers (a process of their own each), and a killed worker's trial re-run."""
 
 from __future__ import annotations
 
-import functools
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
-from hpo.storage import open_storage
 from tests.dashboard_api import dashboard_trials
+from tests.helpers import ENV, HPO, CliResult, hpo_run, run_cli, storage_for, trials_of, wait_for
 from tests.hpo.studyfiles import write_study
 
-HPO = str(Path(sys.executable).parent / "hpo")
 
-
-def hpo(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    r = subprocess.run([HPO, *args], capture_output=True, text=True, cwd=cwd)
+def hpo(*args: str) -> CliResult:
+    """`hpo ARGS` through its entry point in this process (tests.helpers.run_cli), succeeding."""
+    r = run_cli(*args)
     assert "Traceback" not in r.stderr
     assert r.returncode == 0, r.stderr
     return r
 
 
-# One storage (one connection pool) per URL for the whole session: PostgreSQL's connections are shared with
-# every other test run on the server.
-storage_for = functools.cache(open_storage)
-
-
-def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=storage_for(url)).trials
-
-
 def test_start_then_best_as_json(tmp_path, tiny_cifar, storage_url, study_name):
     # Resuming is the same start_study call, tested in-process (test_study.py).
     path = write_study(tmp_path, study_name, storage_url)
-    first = hpo("study", "start", str(path), "--n-trials", "2", "--data-dir", str(tiny_cifar), "--threads", "1",
-                cwd=tmp_path)
+    first = hpo("study", "start", str(path), "--n-trials", "2", "--data-dir", str(tiny_cifar), "--threads", "1")
     assert first.stdout.count(" done: ") == 2 and "ETA" in first.stdout  # one line per finished trial
     trials = trials_of(storage_url, study_name)
     assert [t.number for t in trials] == [0, 1] and trials[0].user_attrs["seed_baseline"]
     _assert_annotated(storage_url, study_name)
 
-    best = json.loads(hpo("study", "best", study_name, "--storage", storage_url, "--format", "json",
-                          cwd=tmp_path).stdout)
+    best = json.loads(hpo("study", "best", study_name, "--storage", storage_url, "--format", "json").stdout)
     done = [t for t in trials if t.state == TrialState.COMPLETE]
     assert best["val_acc"] == max(t.value for t in done) and best["trial"] in [t.number for t in done]
     assert best["config"]["model"]["widths"][0] == best["params"]["width1"]
@@ -66,8 +52,9 @@ def _assert_annotated(url: str, name: str) -> None:
 
 def test_parallel_workers_share_one_storage(tmp_path, tiny_cifar, storage_url, study_name):
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 3})
-    r = hpo("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
-            "--data-dir", str(tiny_cifar), cwd=tmp_path)
+    r = hpo_run("study", "start", str(path), "--n-trials", "4", "--workers", "2", "--threads", "1",
+                "--data-dir", str(tiny_cifar), cwd=tmp_path)  # spawns its 2 workers
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
     assert "locked" not in r.stdout + r.stderr
     trials = trials_of(storage_url, study_name)
     finished = [t for t in trials if t.state.is_finished()]
@@ -81,29 +68,18 @@ def test_killed_worker_trial_is_failed_and_rerun(tmp_path, tiny_cifar, storage_u
     path = write_study(tmp_path, study_name, storage_url, budget={"epochs": 15}, workers={"grace_period": 2})
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     proc = subprocess.Popen([HPO, "study", "start", str(path), "--n-trials", "1", *data], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"))
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "stderr.txt", "w"), env=ENV)
     try:
-        _wait_for_running_trial(storage_url, study_name, proc)
+        wait_for(lambda: any(t.state == TrialState.RUNNING and t.user_attrs.get("curve")
+                             for t in trials_of(storage_url, study_name)), proc, "a trial finished an epoch", 60)
     finally:
         proc.kill()
         proc.wait()
     time.sleep(3)  # let its heartbeat go stale (grace period 2 s)
 
-    r = hpo("study", "join", str(path), *data, cwd=tmp_path)  # joins the run and finds the dead trial
+    r = hpo("study", "join", str(path), *data)  # joins the run and finds the dead trial
     killed, rerun = trials_of(storage_url, study_name)
     assert killed.state == TrialState.FAIL and "fail_reason" not in killed.user_attrs
     assert rerun.state == TrialState.COMPLETE and rerun.params == killed.params
     assert rerun.system_attrs["failed_trial"] == 0 and rerun.user_attrs["seed_baseline"]
     assert "trial 0: worker lost (no heartbeat)" in r.stdout
-
-
-def _wait_for_running_trial(url: str, name: str, proc: subprocess.Popen) -> None:
-    for _ in range(600):
-        assert proc.poll() is None, "the study finished before it could be killed"
-        try:
-            if any(t.state == TrialState.RUNNING and t.user_attrs.get("curve") for t in trials_of(url, name)):
-                return
-        except KeyError:  # not created yet
-            pass
-        time.sleep(0.1)
-    raise AssertionError("no trial started running within 60 s")
