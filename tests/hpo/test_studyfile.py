@@ -7,8 +7,6 @@ import itertools
 import json
 import math
 import random
-import subprocess
-import sys
 import tomllib
 from pathlib import Path
 
@@ -17,10 +15,10 @@ import pytest
 from hpo.errors import StudyFileError
 from hpo.definition.space import MODEL_PARAMS, Choice, apply_params, params_range
 from hpo.definition.study_file import check_size_budget, load_study_file, spec_from_dict, to_toml
+from tests.helpers import hpo_run, one_error_line, run_cli
 from tests.hpo.studyfiles import TINY_STUDY, write_study
 
 STUDIES = Path(__file__).resolve().parents[2] / "studies"
-HPO = str(Path(sys.executable).parent / "hpo")
 
 
 @pytest.mark.parametrize("name", ["smoke", "quick", "full"])
@@ -90,11 +88,8 @@ def test_bad_study_file_raises_one_clear_error(tmp_path, case):
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_cli_bad_study_file_one_line_exit_1(tmp_path, tiny_cifar, case):
     path = _bad_file(tmp_path, case)
-    r = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar)], capture_output=True,
-                       text=True, cwd=tmp_path)
-    assert r.returncode == 1
-    assert "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1 and BAD_FILES[case][1] in r.stderr
+    r = run_cli("study", "start", str(path), "--data-dir", str(tiny_cifar))
+    assert BAD_FILES[case][1] in one_error_line(r)  # exit 1, one line, no traceback
     assert not (tmp_path / "bad.db").exists()  # nothing is created from a bad file
 
 
@@ -120,8 +115,10 @@ def test_max_params_below_every_model_of_the_space_is_refused_up_front(tmp_path,
     spec = load_study_file(path)
     low, _ = params_range(spec.space, spec.base)
     start = ["study", "start", str(path), "--data-dir", str(tiny_cifar)]
-    for command in (["study", "check", str(path)], start, [*start, "--ray", "local"]):  # --ray: before Ray starts
-        r = subprocess.run([HPO, *command], capture_output=True, text=True, cwd=tmp_path)
+    # --ray: refused before Ray starts; in a process of its own, so a regression cannot start Ray in this one.
+    for command, run in ((["study", "check", str(path)], run_cli), (start, run_cli),
+                         ([*start, "--ray", "local"], hpo_run)):
+        r = run(*command)
         assert (r.returncode, r.stdout) == (1, ""), command
         assert r.stderr == (f"error: study 'small': [study] max_params 1,000 is below the smallest model of [space] "
                             f"({low:,} parameters): every trial would be rejected before training\n"), command
@@ -221,37 +218,27 @@ def test_bad_value_is_refused_by_the_loader(tmp_path, case):
 
 
 def test_every_bad_value_is_one_error_line_from_hpo_study_check(tmp_path):
-    """`hpo study check` (its console entry point, once per file, all in one process to stay fast)."""
+    """`hpo study check` (its console entry point, once per file, in this process)."""
     files = {case: str(_write_raw(tmp_path / f"{i}.toml", raw)) for i, (case, (raw, _)) in
              enumerate(BAD_VALUES.items())}
     files["a directory"] = str(tmp_path)
     files["a binary file"] = str(tmp_path / "binary.toml")
     (tmp_path / "binary.toml").write_bytes(bytes(range(256)) * 4)
-    driver = (
-        "import contextlib, io, json, sys\nfrom hpo.cli import main\nout = {}\n"
-        "for case, path in json.loads(sys.argv[1]).items():\n"
-        "    err = io.StringIO()\n"
-        "    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):\n"
-        "        try:\n            main(['study', 'check', path]); code = 0\n"
-        "        except SystemExit as e:\n            code = e.code\n"
-        "    out[case] = [code, err.getvalue()]\n"
-        "print(json.dumps(out))\n")
-    r = subprocess.run([sys.executable, "-c", driver, json.dumps(files)], capture_output=True, text=True,
-                       cwd=tmp_path, timeout=120)
-    assert r.returncode == 0, r.stderr
-    for case, (code, stderr) in json.loads(r.stdout).items():
-        assert code == 1 and stderr.startswith("error: ") and stderr.count("\n") == 1, (case, stderr)
-        assert "Traceback" not in stderr and "unexpected" not in stderr, (case, stderr)
+    errors = {}
+    for case, path in files.items():
+        r = run_cli("study", "check", path)
+        errors[case] = r.stderr
+        assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, (case, r.stderr)
+        assert "Traceback" not in r.stderr and "unexpected" not in r.stderr and r.stdout == "", (case, r.stderr)
         if case in BAD_VALUES:
-            assert BAD_VALUES[case][1] in stderr, (case, stderr)
-    assert "is a directory, not a study file" in json.loads(r.stdout)["a directory"][1]
-    assert "is not a text file" in json.loads(r.stdout)["a binary file"][1]
+            assert BAD_VALUES[case][1] in r.stderr, (case, r.stderr)
+    assert "is a directory, not a study file" in errors["a directory"]
+    assert "is not a text file" in errors["a binary file"]
 
 
-@pytest.mark.parametrize("case", ["timeout nan", "name with newline", "a directory"])
-def test_installed_hpo_study_check_refuses_bad_values(tmp_path, case):
-    path = tmp_path if case == "a directory" else _write_raw(tmp_path / "s.toml", BAD_VALUES[case][0])
-    r = subprocess.run([HPO, "study", "check", str(path)], capture_output=True, text=True, cwd=tmp_path)
+def test_installed_hpo_study_check_refuses_a_bad_value(tmp_path):
+    """The console script itself, a process of its own (every case in this process: the test above)."""
+    r = hpo_run("study", "check", str(_write_raw(tmp_path / "s.toml", BAD_VALUES["name with newline"][0])))
     assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert r.stdout == ""
 
