@@ -1,9 +1,10 @@
-"""The study service on real storage (every test runs on a SQLite file and on PostgreSQL): trials, the
-baseline, resuming, pruning, rejection, failures and the stop flag, with real training on tiny data."""
+"""The study service on real storage: trials, the baseline, resuming, pruning, rejection, failures and the stop
+flag, with real training on tiny data. What the storage keeps (a resumed study, its stored file, the stop flag
+other workers read, optuna's own CLI reading it) is tested on a SQLite file and on PostgreSQL; what the objective
+does with a trial (pruning, rejection, a NaN loss, stopping at the target) on a SQLite file (SQLITE_ONLY)."""
 
 from __future__ import annotations
 
-import functools
 import io
 import json
 import subprocess
@@ -16,15 +17,17 @@ from optuna.trial import TrialState
 
 from hpo.errors import HPOError
 from hpo.running.objective import STOP_REASON, EpochReporter
-from hpo.storage import open_storage
 from hpo.definition.paths import resolve_artifact_dir
 from hpo.running.study import baseline_params, create_or_resume, request_stop
 from hpo.results.records import list_studies
 from hpo.definition.study_file import StudySpec, load_study_file
 from hpo.running.worker import WorkerOptions, start_study
+from tests import helpers
+from tests.helpers import storage_for
 from tests.hpo.studyfiles import write_study
 
 TRIAL_ATTRS = {"config", "data", "params_count", "macs", "receptive_field", "epoch_times", "device", "curve"}
+SQLITE_ONLY = pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # the objective's, not the storage's
 
 
 def tiny_spec(tmp_path: Path, name: str, url: str, n_trials: int = 2, **tables) -> StudySpec:
@@ -38,13 +41,8 @@ def run(spec: StudySpec, data_dir: Path) -> str:
     return out.getvalue()
 
 
-# One storage (one connection pool) per URL for the whole session: PostgreSQL's connections are shared with
-# every other test run on the server.
-storage_for = functools.cache(open_storage)
-
-
 def trials_of(spec: StudySpec) -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=spec.name, storage=storage_for(spec.storage)).trials
+    return helpers.trials_of(spec.storage, spec.name)
 
 
 def enqueue(spec: StudySpec, **changes) -> None:
@@ -83,6 +81,7 @@ def test_seed_trial_is_trial_0_and_resume_adds_trials(tmp_path, tiny_cifar, stor
     assert row.trials == 4 and row.best_value == max(t.value for t in trials if t.value is not None)
 
 
+@SQLITE_ONLY
 def test_median_pruner_prunes_trial_reporting_worse_values(tmp_path, tiny_cifar, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url, n_trials=2)
     enqueue(spec, lr=1e-5)  # learns nothing: stays at chance while the baseline climbs
@@ -94,6 +93,7 @@ def test_median_pruner_prunes_trial_reporting_worse_values(tmp_path, tiny_cifar,
     assert len(bad.user_attrs["curve"]) == 2 < spec.base.epochs
 
 
+@SQLITE_ONLY
 def test_reporter_raises_pruned_below_median(tmp_path, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url)
     study = create_or_resume(spec, storage_for(spec.storage))
@@ -109,6 +109,7 @@ def test_reporter_raises_pruned_below_median(tmp_path, storage_url, study_name):
     assert worse.user_attrs["pruned_at_epoch"] == 1
 
 
+@SQLITE_ONLY
 def test_over_budget_config_rejected_before_training(tmp_path, tiny_cifar, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url, n_trials=2, study={"max_params": 8_000})
     enqueue(spec, depthwise=False)  # plain 3x3 convs: 11k parameters
@@ -121,6 +122,7 @@ def test_over_budget_config_rejected_before_training(tmp_path, tiny_cifar, stora
     assert not big.intermediate_values and "curve" not in big.user_attrs and "epoch_times" not in big.user_attrs
 
 
+@SQLITE_ONLY
 def test_nan_loss_fails_trial_and_study_goes_on(tmp_path, tiny_cifar, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url, n_trials=3,
                      space={"lr": {"low": 1e-5, "high": 1e9, "log": True}})
@@ -133,6 +135,7 @@ def test_nan_loss_fails_trial_and_study_goes_on(tmp_path, tiny_cifar, storage_ur
     assert "trial 1 failed: NonFiniteLossError" in lines
 
 
+@SQLITE_ONLY
 def test_stop_on_target_stops_the_study(tmp_path, tiny_cifar, storage_url, study_name):
     spec = tiny_spec(tmp_path, study_name, storage_url, n_trials=5, study={"stop_on_target": True})
     run(spec, tiny_cifar)
