@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 
@@ -77,6 +77,7 @@ UPPER = {
 }
 # Study names become folder names (artifacts/<name>, runs/retrain/<name>) and output lines.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
+PROBLEM_SEPARATOR = "; "  # a file with several problems: all of them, in one line
 TABLES = ("study", "sampler", "pruner", "budget", "workers", "train", "space", "finalists", "retrain")
 
 
@@ -209,35 +210,51 @@ def spec_from_dict(raw: dict) -> StudySpec:
 
 
 def _spec_from_dict(raw: dict) -> StudySpec:
+    """Every table checked, every problem collected: one StudyFileError naming them all (`hpo study check`
+    reports a file's errors at once, not one per run)."""
     _check_keys("study file", raw, {t: dict for t in TABLES})
-    for table in ("study", "space"):
-        if table not in raw:
-            raise StudyFileError(f"missing [{table}] table")
-    study = _parse_study(raw["study"])
-    base, data = _parse_budget(raw.get("budget", {}), raw.get("train", {}))
-    rungs = _parse_rungs(raw.get("budget", {}).get("rungs", []), base, data)
-    space = parse_space(raw["space"])
-    _check_space(space, base)
+    problems: list[str] = []
+
+    def checked(parse: Callable[..., Any], *args: Any) -> Any:
+        try:
+            return parse(*args)
+        except StudyFileError as e:
+            problems.append(str(e))
+            return None
+
+    problems += [f"missing [{table}] table" for table in ("study", "space") if table not in raw]
+    study = checked(_parse_study, raw["study"]) if "study" in raw else None
+    budget = checked(_parse_budget, raw.get("budget", {}), raw.get("train", {}))
+    rungs = checked(_parse_rungs, raw.get("budget", {}).get("rungs", []), *budget) if budget else ()
+    space = checked(parse_space, raw["space"]) if "space" in raw else None
+    if space is not None and budget is not None:
+        checked(_check_space, space, budget[0])
+    sampler = checked(_parse_kind, "sampler", raw.get("sampler", {}), SAMPLER_OPTIONS, "tpe")
+    pruner = checked(_parse_kind, "pruner", raw.get("pruner", {}), PRUNER_OPTIONS, "median")
+    workers = checked(_parse_workers, raw.get("workers", {}))
+    finalists = checked(_typed, "[finalists]", raw["finalists"], FINALIST_KEYS) if "finalists" in raw else {}
+    retrain = checked(_typed, "[retrain]", raw.get("retrain", {}), RETRAIN_KEYS)
+    if problems:
+        raise StudyFileError(PROBLEM_SEPARATOR.join(problems))
+    base, data = budget
     storage = study.get("storage", DEFAULT_STORAGE)
     if "storage" in raw["study"]:
         raw["study"]["storage"] = hide_password(storage, None)
     return StudySpec(
         name=study["name"], storage=storage, base=base, data=data, space=space, rungs=rungs,
-        sampler=SamplerSpec(*_parse_kind("sampler", raw.get("sampler", {}), SAMPLER_OPTIONS, "tpe")),
-        pruner=PrunerSpec(*_parse_kind("pruner", raw.get("pruner", {}), PRUNER_OPTIONS, "median")),
-        workers=_parse_workers(raw.get("workers", {})),
+        sampler=SamplerSpec(*sampler), pruner=PrunerSpec(*pruner), workers=workers,
         n_trials=study.get("trials"), timeout=study.get("timeout"),
         target_accuracy=study.get("target_accuracy"), stop_on_target=study.get("stop_on_target", False),
         max_params=study.get("max_params"), artifact_dir=str(_artifact_dir(study)), raw=raw,
-        finalists=FinalistSpec(**_typed("[finalists]", raw["finalists"], FINALIST_KEYS)) if "finalists" in raw else None,
-        retrain=RetrainSpec(**_typed("[retrain]", raw.get("retrain", {}), RETRAIN_KEYS)),
+        finalists=FinalistSpec(**finalists) if "finalists" in raw else None, retrain=RetrainSpec(**retrain),
     )
 
 
 def _typed(where: str, values: dict[str, Any], keys: dict[str, type]) -> dict[str, Any]:
-    """Check the keys and value types of a flat table; counts and sizes must also be positive."""
+    """Check the keys and value types of a flat table; counts and sizes must also be positive. Every bad value
+    of the table is named (one StudyFileError)."""
     _check_keys(where, values, keys)
-    out = {}
+    out, problems = {}, []
     for key, value in values.items():
         kind = keys[key]
         if kind is float:
@@ -245,16 +262,21 @@ def _typed(where: str, values: dict[str, Any], keys: dict[str, type]) -> dict[st
         else:
             ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
         if not ok:
-            raise StudyFileError(f"{where} {key} must be {_type_name(kind)}, got {value!r}")
+            problems.append(f"{where} {key} must be {_type_name(kind)}, got {value!r}")
+            continue
         if kind in (int, float):
             high = UPPER[key]
             if not math.isfinite(value) or value < 0 or (value == 0 and key not in ZERO_OK) or value > high:
                 high_text = f"{int(high):,}" if float(high).is_integer() else f"{high}"
-                raise StudyFileError(f"{where} {key} must be {'>= 0' if key in ZERO_OK else '> 0'} and <= "
-                                     f"{high_text}, got {value!r}")
+                problems.append(f"{where} {key} must be {'>= 0' if key in ZERO_OK else '> 0'} and <= "
+                                f"{high_text}, got {value!r}")
+                continue
         if kind is str and any(ord(c) < 32 or ord(c) == 127 for c in value):
-            raise StudyFileError(f"{where} {key} must not contain control characters (newline, NUL, ...)")
+            problems.append(f"{where} {key} must not contain control characters (newline, NUL, ...)")
+            continue
         out[key] = float(value) if kind is float else value
+    if problems:
+        raise StudyFileError(PROBLEM_SEPARATOR.join(problems))
     return out
 
 
