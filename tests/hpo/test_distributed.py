@@ -9,7 +9,6 @@ PostgreSQL (test_study_cli.py)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import io
 import os
 import shutil
@@ -20,7 +19,6 @@ import sys
 import threading
 import time
 import uuid
-from pathlib import Path
 
 import optuna
 import pytest
@@ -31,27 +29,12 @@ from optuna.trial import TrialState
 from hpo.errors import HPOError
 from hpo.running.launcher import device_slots
 from hpo.results.consistency import check_consistency
-from hpo.storage import open_storage
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import WorkerOptions, start_study
-from tests.conftest import POSTGRES_URL
+from tests.helpers import (DONE, ENV, hpo_popen, hpo_run, one_error_line, run_cli, storage_for, trials_of, wait_for,
+                           worker_pid)
 from tests.hpo.relay import Relay
 from tests.hpo.studyfiles import write_study
-
-HPO = str(Path(sys.executable).parent / "hpo")
-DONE = (TrialState.COMPLETE, TrialState.PRUNED)
-
-storage_for = functools.cache(open_storage)  # one connection pool per URL for the session
-
-
-@pytest.fixture
-def pg_url() -> str:
-    """The real PostgreSQL; studies the test created are deleted after."""
-    before = {s.study_name for s in optuna.get_all_study_summaries(storage_for(POSTGRES_URL))}
-    yield POSTGRES_URL
-    for s in optuna.get_all_study_summaries(storage_for(POSTGRES_URL)):
-        if s.study_name not in before:
-            optuna.delete_study(study_name=s.study_name, storage=storage_for(POSTGRES_URL))
 
 
 @pytest.fixture
@@ -61,35 +44,6 @@ def pg_relay(pg_url):
     relay = Relay((target.host, target.port or 5432))
     yield relay, target.set(host="127.0.0.1", port=relay.port).render_as_string(hide_password=False)
     relay.close()
-
-
-def trials_of(url: str, name: str) -> list[optuna.trial.FrozenTrial]:
-    try:
-        return optuna.load_study(study_name=name, storage=storage_for(url)).trials
-    except KeyError:  # not created yet
-        return []
-
-
-def hpo_popen(*args: str, cwd: Path, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen([HPO, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            **kwargs)
-
-
-def wait_for(condition, proc: subprocess.Popen, what: str, timeout_s: float = 90):
-    """Poll until `condition()` is truthy (and return it) while `proc` still runs."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"hpo ended before {what}: {proc.communicate()}"
-        found = condition()
-        if found:
-            return found
-        time.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"not within {timeout_s} s: {what}")
-
-
-def worker_pid(trial: optuna.trial.FrozenTrial) -> int:
-    return int(trial.user_attrs["worker"].rsplit(":", 1)[1])
 
 
 def test_six_workers_two_killed_end_with_n_to_n_plus_5_trials(tmp_path, tiny_cifar, pg_url, study_name):
@@ -131,8 +85,8 @@ def test_sqlite_worker_slots_join_a_running_study_without_lock_errors(tmp_path, 
     data = ["--data-dir", str(tiny_cifar), "--threads", "1"]
     start = hpo_popen("study", "start", str(path), "--n-trials", "10", *data, cwd=tmp_path)
     wait_for(lambda: trials_of(url, study_name), start, "the study was created")
-    worker = subprocess.run([HPO, "study", "join", str(path), "--devices", "cpu", "--trials-per-device", "2", *data],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    worker = hpo_run("study", "join", str(path), "--devices", "cpu", "--trials-per-device", "2", *data,
+                     cwd=tmp_path)  # spawns its 2 workers
     out, err = start.communicate(timeout=120)
     assert start.returncode == 0 and worker.returncode == 0, err + worker.stderr
     assert "locked" not in out + err + worker.stdout + worker.stderr
@@ -160,7 +114,7 @@ def test_ctrl_c_fails_the_trial_and_the_next_start_resumes(tmp_path, tiny_cifar,
     assert queued.system_attrs["failed_trial"] == 0
     assert check_consistency(storage_for(pg_url), study_name) == []
 
-    resumed = subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = run_cli(*args)  # the next start: the database carries the queue over, any process may run it
     assert resumed.returncode == 0, resumed.stderr
     trials = trials_of(pg_url, study_name)
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]  # the baseline, measured
@@ -179,7 +133,8 @@ def test_a_trial_interrupted_as_it_starts_is_requeued(tmp_path, tiny_cifar, stor
             os.kill(os.getpid(), signal.SIGINT)
 
     monkeypatch.setattr(optuna.samplers.TPESampler, "before_trial", interrupt)
-    spec = load_study_file(write_study(tmp_path, study_name, storage_url, study={"trials": 3}))
+    # One epoch a trial: where the interrupt lands is the point, not what the trials learn.
+    spec = load_study_file(write_study(tmp_path, study_name, storage_url, study={"trials": 3}, budget={"epochs": 1}))
     opts = WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO())
     with pytest.raises(KeyboardInterrupt):
         start_study(spec, opts)
@@ -211,14 +166,13 @@ def test_a_worker_killed_as_a_trial_starts_leaves_it_to_be_rerun(tmp_path, tiny_
     """A worker killed after optuna set a trial RUNNING but before optuna's heartbeat thread began: the trial has
     a heartbeat from its start, so it goes stale, fails and is re-run like any dead worker's. Before, a RUNNING
     trial with no heartbeat was never stale: left RUNNING for ever, and other workers of the run waited for it."""
-    path = write_study(tmp_path, study_name, pg_url, study={"trials": 3})
+    path = write_study(tmp_path, study_name, pg_url, study={"trials": 3}, budget={"epochs": 1})  # 1: quick trials
     killed = subprocess.run([sys.executable, "-c", KILLED_AS_A_TRIAL_STARTS, str(path), str(tiny_cifar)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, capture_output=True, text=True, timeout=120, env=ENV)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert trials_of(pg_url, study_name)[1].state == TrialState.RUNNING
     time.sleep(3)  # the grace period: its heartbeat is stale now
-    resumed = subprocess.run([HPO, "study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1"],
-                             cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    resumed = run_cli("study", "start", str(path), "--data-dir", str(tiny_cifar), "--threads", "1")  # the next worker
     assert resumed.returncode == 0, resumed.stderr
     trials = trials_of(pg_url, study_name)
     assert trials[1].state == TrialState.FAIL and "fail_reason" not in trials[1].user_attrs  # failed as stale
@@ -319,7 +273,7 @@ def test_a_result_whose_commit_reply_was_lost_is_not_a_crash(tmp_path, tiny_cifa
     retry's "has already finished and can not be updated" stopped the worker."""
     relay, url = pg_relay
     relay.lose_commit_reply(b"COMPLETE")
-    spec = load_study_file(write_study(tmp_path, study_name, url, study={"trials": 2}))
+    spec = load_study_file(write_study(tmp_path, study_name, url, study={"trials": 2}, budget={"epochs": 1}))
     start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO()))
     assert relay.commit_to_lose is None  # the answer to a COMPLETE trial's commit was lost
     trials = trials_of(pg_url, study_name)
@@ -346,8 +300,9 @@ def test_storage_proxy_serves_a_study(tmp_path, tiny_cifar, study_name):
     proxy = hpo_popen("storage-proxy", "--storage", url, "--host", "127.0.0.1", "--port", str(port), cwd=tmp_path)
     try:
         path = write_study(tmp_path, study_name, f"grpc://127.0.0.1:{port}")
-        r = subprocess.run([HPO, "study", "start", str(path), "--n-trials", "2", "--data-dir", str(tiny_cifar),
-                            "--threads", "1"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        # A process of its own: gRPC stays out of the test process, which forks many more.
+        r = hpo_run("study", "start", str(path), "--n-trials", "2", "--data-dir", str(tiny_cifar), "--threads", "1",
+                    cwd=tmp_path)
         assert r.returncode == 0, r.stderr
     finally:
         proxy.send_signal(signal.SIGINT)
@@ -360,12 +315,6 @@ def test_storage_proxy_serves_a_study(tmp_path, tiny_cifar, study_name):
 
 
 # --- bad input: one clear line, exit code 1, nothing stored lost ------------------------------------------------
-
-def _one_line_error(r: subprocess.CompletedProcess, *words: str) -> None:
-    assert r.returncode == 1 and "Traceback" not in r.stderr
-    assert r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
-    assert all(w in r.stderr for w in words), r.stderr
-
 
 def test_bad_input_is_one_line_and_loses_nothing(tmp_path, tiny_cifar, pg_url, study_name):
     path = write_study(tmp_path, study_name, pg_url)
@@ -389,7 +338,8 @@ def test_bad_input_is_one_line_and_loses_nothing(tmp_path, tiny_cifar, pg_url, s
         (["study", "join", str(other), "--storage", "postgresql+psycopg://postgres@127.0.0.1:1/test", *data],
          ["cannot open storage"]),
     ]:
-        _one_line_error(subprocess.run([HPO, *args], cwd=tmp_path, capture_output=True, text=True), *words)
+        message = one_error_line(run_cli(*args))
+        assert all(w in message for w in words), message
 
     assert [(t.number, t.state, t.params, t.value) for t in trials_of(pg_url, study_name)] == before
     study = optuna.load_study(study_name=study_name, storage=storage_for(pg_url))

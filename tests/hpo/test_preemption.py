@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,10 +19,9 @@ from hpo.results.consistency import check_consistency
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import write_cifar_batches
+from tests.helpers import hpo_popen, run_cli, storage_for, trials_of, wait_for
 from tests.hpo.studyfiles import write_study
-from tests.hpo.test_distributed import pg_url, storage_for, trials_of, wait_for  # noqa: F401  (pg_url: fixture)
 
-HPO = str(Path(sys.executable).parent / "hpo")
 EPOCHS = 6
 # What must match exactly between the resumed and the uninterrupted run (timings differ, of course).
 METRICS = ("epoch", "train_loss", "train_acc", "train_images", "val_acc", "val_loss", "lr")
@@ -36,9 +34,8 @@ def slower_cifar(tmp_path_factory) -> Path:
 
 
 def start(path: Path, data: Path, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([HPO, "study", "start", str(path), "--n-trials", "1", "--threads", "1", "--device", "cpu",
-                             "--data-dir", str(data)], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return hpo_popen("study", "start", str(path), "--n-trials", "1", "--threads", "1", "--device", "cpu",
+                     "--data-dir", str(data), cwd=cwd)
 
 
 def curve(trial: optuna.trial.FrozenTrial) -> list[dict]:
@@ -104,8 +101,8 @@ def test_checkpoints_live_in_the_store_whatever_the_working_directory(tmp_path, 
     home.mkdir(), elsewhere.mkdir()
     url = f"sqlite:///{home / 'study.db'}"
     path = write_study(home, study_name, url, budget={"epochs": 2}, workers={"keep_checkpoints": True})
-    proc = subprocess.run([HPO, "study", "start", str(path), "--n-trials", "1", "--threads", "1", "--device", "cpu",
-                           "--data-dir", str(tiny_cifar)], cwd=elsewhere, capture_output=True, text=True, timeout=120)
+    proc = run_cli("study", "start", str(path), "--n-trials", "1", "--threads", "1", "--device", "cpu",
+                   "--data-dir", str(tiny_cifar), cwd=elsewhere)
     assert proc.returncode == 0, proc.stderr
     study = optuna.load_study(study_name=study_name, storage=url)
     assert not Path(study.user_attrs["artifact_dir"]).is_absolute()  # stored relative to the database
