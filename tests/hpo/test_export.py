@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,9 +16,8 @@ from cifarnet.train import RunOptions, evaluate, load_checkpoint, train
 from hpo.results.export import TOLERANCE, ExportError, export_model, load_run_model
 from cifarnet.weights import save_weights
 from tests.conftest import TINY_DATA, TINY_TRAIN
+from tests.helpers import run_cli
 
-HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # tests/conftest.py sets one torch thread; the CLI too
 RECIPES = {
     "plain": TINY_TRAIN.replace(epochs=1),
     # EMA weights and mirror TTA: the exported graph must carry both to score what training reported.
@@ -81,16 +78,14 @@ def test_export_refuses_a_folder_without_weights(tmp_path):
         export_model(tmp_path, "tflite")
 
 
-def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path):
+def test_cli_export_prints_the_difference_and_tolerance(runs, tmp_path, monkeypatch):
     out = tmp_path / "model.pt"
-    env = {k: v for k, v in ENV.items() if k != "CIFAR10_DIR"}  # no data folder: random check images
-    r = subprocess.run([HPO, "export", str(runs["ema+tta"]), "--format", "torchscript", "--out", str(out)],
-                       capture_output=True, text=True, timeout=120, env=env)
+    monkeypatch.delenv("CIFAR10_DIR", raising=False)  # no data folder: random check images
+    r = run_cli("export", str(runs["ema+tta"]), "--format", "torchscript", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert out.is_file() and "seeded random images" in r.stdout and "(tolerance 0.0001): OK" in r.stdout
     assert "weights best.pt: epoch 1 of 1, test_acc " in r.stdout and "stopped at epoch" not in r.stderr
-    bad = subprocess.run([HPO, "export", str(tmp_path / "nope")], capture_output=True, text=True, timeout=60,
-                         env=ENV)
+    bad = run_cli("export", str(tmp_path / "nope"))
     assert bad.returncode == 1 and bad.stderr.startswith("error: ") and len(bad.stderr.strip().splitlines()) == 1
 
 
@@ -100,8 +95,7 @@ def test_export_says_which_epoch_it_ships_and_warns_of_an_unfinished_run(tiny_ci
     splits = make_splits(load_cifar10(tiny_cifar), TINY_DATA)
     opts = RunOptions(device="cpu", checkpoint=tmp_path / "checkpoint.pt", progress=False)
     history = train(TINY_TRAIN.replace(epochs=2), splits, report=lambda epoch, metrics: True, opts=opts).history
-    r = subprocess.run([HPO, "export", str(tmp_path), "--format", "torchscript"], capture_output=True, text=True,
-                       timeout=120, env=ENV)
+    r = run_cli("export", str(tmp_path), "--format", "torchscript")
     assert r.returncode == 0, r.stderr
     assert f"weights checkpoint.pt: epoch 1 of 2, test_acc {history[0]['test_acc']:.4f}" in r.stdout
     assert r.stderr.startswith(f"warning: {tmp_path} stopped at epoch 1 of its 2 (interrupted)"), r.stderr
@@ -132,7 +126,7 @@ def test_crafted_weights_file_is_refused_and_runs_nothing(tmp_path):
     marker, run_dir = tmp_path / "marker", tmp_path / "run"
     run_dir.mkdir()
     torch.save({"config": TINY_TRAIN.to_dict(), "state_dict": {}, "x": _RunsCode(marker)}, run_dir / "best.pt")
-    r = subprocess.run([HPO, "export", str(run_dir)], capture_output=True, text=True, timeout=120, env=ENV)
+    r = run_cli("export", str(run_dir))  # were it unpickled here, the marker would be touched here too
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert r.stderr.startswith(f"error: {run_dir / 'best.pt'} is not a checkpoint written by cifarnet: refused")
     assert not marker.exists() and not (run_dir / "model.onnx").exists()
