@@ -3,18 +3,13 @@ print one warning saying what the unauthenticated service exposes; loopback stay
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from hpo.exposure import exposure_warning, is_loopback
-
-HPO = str(Path(sys.executable).parent / "hpo")
+from tests.helpers import hpo_popen, run_cli
 
 
 @pytest.mark.parametrize("host, loopback", [
@@ -35,9 +30,8 @@ def _free_port() -> int:
 
 @pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1"])
 def test_storage_proxy_warns_only_beyond_loopback(tmp_path, host):
-    proxy = subprocess.Popen([HPO, "storage-proxy", "--storage", f"sqlite:///{tmp_path / 'p.db'}", "--host", host,
-                              "--port", str(_free_port())], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             cwd=tmp_path)
+    proxy = hpo_popen("storage-proxy", "--storage", f"sqlite:///{tmp_path / 'p.db'}", "--host", host,
+                      "--port", str(_free_port()), cwd=tmp_path)  # a server stopped by Ctrl-C: a process of its own
     try:
         assert proxy.stdout.readline().startswith("serving ")
     finally:
@@ -51,7 +45,7 @@ def test_storage_proxy_warns_only_beyond_loopback(tmp_path, host):
         assert "without authentication" in err and "delete every study" in err
 
 
-def test_storage_proxy_help_says_what_a_non_local_host_exposes():
-    r = subprocess.run([HPO, "storage-proxy", "--help"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "COLUMNS": "200"})
+def test_storage_proxy_help_says_what_a_non_local_host_exposes(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    r = run_cli("storage-proxy", "--help")
     assert r.returncode == 0 and "no authentication" in r.stdout
