@@ -7,16 +7,16 @@ named test file really invokes the command (so deleting that test makes this one
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
-HPO = str(Path(sys.executable).parent / "hpo")
+from tests.helpers import run_cli
 
-# Command -> the test file that runs it through subprocess (as `"word", "word"` arguments).
+REPO = Path(__file__).resolve().parents[2]
+
+# Command -> the test file that runs it through the CLI (tests.helpers.run_cli or a process, as `"word", "word"`
+# arguments).
 RUN_BY = {
     "model summary": "tests/cifarnet/test_model.py",
     "data check": "tests/cifarnet/test_data.py",
@@ -62,10 +62,9 @@ def test_every_documented_command_is_known_and_run_by_a_test():
 @pytest.mark.parametrize("line", documented_lines(), ids=command_of)
 def test_documented_flags_exist(line):
     command = command_of(line)
-    help_text = subprocess.run([HPO, *command.split(), "--help"], capture_output=True, text=True).stdout
+    help_text = run_cli(*command.split(), "--help").stdout
     for part in line.split("|"):
         sub = part.split()
-        target = help_text if part is line.split("|")[0] else subprocess.run(
-            [HPO, "study", sub[0], "--help"], capture_output=True, text=True).stdout
+        target = help_text if part is line.split("|")[0] else run_cli("study", sub[0], "--help").stdout
         for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", part):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", target), (line, flag)
