@@ -346,25 +346,15 @@ def load_run_file(path: str | Path) -> tuple[TrainConfig, DataConfig]:
 
 
 def to_toml(cfg: TrainConfig, data: DataConfig | None = None) -> str:
-    """The inverse of load_run_file (flat values, lists and two tables are all a run file needs)."""
-    d = cfg.to_dict()
-    model = d.pop("model")
-    lines = [f"{k} = {toml_value(v)}" for k, v in d.items() if v is not None]  # TOML has no null: absent = None
-    lines += ["", "[model]"] + [f"{k} = {toml_value(v)}" for k, v in model.items()]
+    """The inverse of load_run_file: TrainConfig fields at the top level, [model], and [data] when given."""
+    d = {k: v for k, v in cfg.to_dict().items() if v is not None}  # TOML has no null: absent = None
     if data is not None:
-        items = {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
-        lines += ["", "[data]"] + [f"{k} = {toml_value(v)}" for k, v in items.items()]
-    return "\n".join(lines) + "\n"
+        d["data"] = {k: v for k, v in dataclasses.asdict(data).items() if v is not None}
+    return dumps_toml(d)
 
 
-def toml_value(v: Any) -> str:
-    """One TOML value: booleans, numbers, strings, arrays and inline tables (what run and study files hold)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    return repr(v)
+def dumps_toml(tables: dict[str, Any]) -> str:
+    """THE TOML writer of run files and study files (tomli_w): values, arrays, and tables of them."""
+    import tomli_w
+
+    return tomli_w.dumps(tables)

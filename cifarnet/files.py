@@ -7,6 +7,8 @@ would otherwise make us overwrite whatever file it points to."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import secrets
@@ -103,6 +105,17 @@ def write_text_atomic(text: str, path: str | Path) -> Path:
 
 def write_json_atomic(obj: Any, path: str | Path) -> Path:
     return write_bytes_atomic((json.dumps(obj, indent=2) + "\n").encode("utf-8"), path)
+
+
+def write_csv_atomic(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Rows of dicts as CSV, columns in first-seen order (the epoch first); the one CSV writer (metrics of a run,
+    a trial's curve artifact, which optuna-dashboard shows as a table)."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    out = io.StringIO(newline="")
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text_atomic(out.getvalue(), path)
 
 
 def copy_atomic(source: str | Path, target: str | Path) -> Path:

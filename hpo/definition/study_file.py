@@ -29,7 +29,7 @@ from typing import Any, Callable
 
 import optuna
 
-from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, read_toml_bounded, toml_value
+from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, dumps_toml, read_toml_bounded
 from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
@@ -181,16 +181,8 @@ def load_study_file(path: str | Path, storage: str | None = None, n_trials: int 
 
 
 def to_toml(raw: dict[str, dict[str, Any]]) -> str:
-    """A study file's text from its tables (the inverse of reading one): a nested table becomes [table.sub],
-    except in [space], whose parameters are inline tables."""
-    lines: list[str] = []
-    for table, values in raw.items():
-        nested = {k: v for k, v in values.items() if isinstance(v, dict) and table != "space"}
-        lines += [f"[{table}]", *(f"{k} = {toml_value(v)}" for k, v in values.items() if k not in nested)]
-        for sub, sub_values in nested.items():
-            lines += [f"[{table}.{sub}]", *(f"{k} = {toml_value(v)}" for k, v in sub_values.items())]
-        lines.append("")
-    return "\n".join(lines)
+    """A study file's text from its tables (the inverse of reading one)."""
+    return dumps_toml(raw)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

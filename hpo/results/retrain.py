@@ -15,7 +15,6 @@ optuna artifact store.
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 import sys
@@ -30,7 +29,7 @@ from optuna.trial import FixedTrial, FrozenTrial, TrialState
 
 from cifarnet.config import DataConfig, TrainConfig
 from cifarnet.errors import ConfigError
-from cifarnet.files import write_atomic, write_json_atomic
+from cifarnet.files import write_atomic, write_csv_atomic, write_json_atomic
 from cifarnet.hardware import now_iso
 from cifarnet.redact import hide_passwords
 from cifarnet.run import check_resumable, train_to_dir
@@ -321,7 +320,7 @@ def _finish_run_folder(plan: RetrainPlan, history: list[dict[str, Any]], result:
     record.update(epochs=history, retrain={**result.to_dict(), "study": plan.study.study_name,
                                            "trial_params": plan.trial.params, "trial_value": plan.trial.value})
     write_json_atomic(record, metrics_path)
-    write_metrics_csv(history, plan.out / "metrics.csv")
+    write_csv_atomic(history, plan.out / "metrics.csv")
     write_learning_curve(history, plan.out / "learning_curve.html", target=plan.target, title=(
         f"Retrain of trial {plan.trial.number} of {plan.study.study_name}: {result.status} target "
         f"{plan.target:g} ({plan.schedule_note})"))
@@ -329,17 +328,6 @@ def _finish_run_folder(plan: RetrainPlan, history: list[dict[str, Any]], result:
 
 def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
-
-
-def write_metrics_csv(history: list[dict[str, Any]], path: Path) -> None:
-    columns = list(dict.fromkeys(k for h in history for k in h))  # first-seen order, epoch first
-
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(history)
-    write_atomic(path, write)
 
 
 def write_learning_curve(history: list[dict[str, Any]], path: Path, *, target: float, title: str) -> None:

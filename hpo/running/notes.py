@@ -8,7 +8,6 @@ worker calls it as the objective ends, when the trial's fate is known. It reads 
 
 from __future__ import annotations
 
-import csv
 import statistics
 import tempfile
 from pathlib import Path
@@ -20,6 +19,7 @@ from optuna.artifacts import upload_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.config import TrainConfig
+from cifarnet.files import write_csv_atomic
 from cifarnet.errors import ConfigError
 
 CURVE_CSV = "curve.csv"
@@ -38,7 +38,7 @@ def annotate_trial(trial: optuna.Trial, state: TrialState, value: float | None =
     optuna_dashboard.save_note(trial, format_note(frozen, others))
     if artifact_store is not None and curve:
         with tempfile.TemporaryDirectory() as tmp:
-            write_curve_csv(curve, Path(tmp) / CURVE_CSV)
+            write_csv_atomic(curve, Path(tmp) / CURVE_CSV)
             upload_artifact(artifact_store=artifact_store, file_path=str(Path(tmp) / CURVE_CSV), study_or_trial=trial)
 
 
@@ -95,6 +95,9 @@ def _facts(trial: FrozenTrial) -> dict[str, str]:
     attrs, facts = trial.user_attrs, {}
     if "params_count" in attrs:
         facts["parameters"] = f"{attrs['params_count']:,}"
+    if "fitted_widths" in attrs:  # narrowed to the study's max_params (hpo.definition.space.fit_widths)
+        fitted = attrs["fitted_widths"]
+        facts["widths fitted to max_params"] = f"sampled {fitted['sampled']}, trained {fitted['trained']}"
     if "macs" in attrs:
         facts["MACs per image"] = f"{attrs['macs'] / 1e6:.2f} M"
     if "receptive_field" in attrs:
@@ -131,12 +134,3 @@ def _config_summary(cfg: dict[str, Any], data: dict[str, Any] | None) -> str:
 
 def _fmt(v: Any) -> str:
     return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-
-def write_curve_csv(curve: list[dict[str, Any]], path: Path) -> None:
-    """One row per epoch; optuna-dashboard shows .csv artifacts as a table."""
-    columns = list(dict.fromkeys(k for m in curve for k in m))
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(curve)
