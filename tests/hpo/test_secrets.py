@@ -3,11 +3,6 @@ database row, results file or artifact, and no printed line shows it, however ma
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import optuna
 
 import pytest
@@ -20,10 +15,9 @@ from hpo.storage import display_url
 from hpo.definition.study_file import load_study_file
 from hpo.running.worker import WorkerOptions, start_study
 from tests.conftest import POSTGRES_URL
+from tests.helpers import run_cli
 from tests.hpo.test_retrain import STUDY_TOML
 
-HPO = str(Path(sys.executable).parent / "hpo")
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 SECRET = "s3cret"  # a substring of every password below; it must appear nowhere
 PASSWORD = f"Zq7-{SECRET}@x"  # with an '@', which SQLAlchemy's own parser splits at
 
@@ -55,7 +49,7 @@ def test_stored_url_drops_the_password_and_command_lines_are_masked():
                                  "postgresql+psycopg://postgres:s3cret@127.0.0.1:notaport/db",
                                  "nosuchdriver://postgres:s3cret@127.0.0.1/db"])
 def test_cli_error_lines_never_show_the_password(url):
-    r = subprocess.run([HPO, "study", "list", "--storage", url], capture_output=True, text=True, timeout=60, env=ENV)
+    r = run_cli("study", "list", "--storage", url)
     assert r.returncode == 1 and r.stderr.startswith("error: ") and r.stderr.count("\n") == 1, r.stderr
     assert SECRET not in r.stderr + r.stdout and "***" in r.stderr
 
@@ -76,11 +70,11 @@ def test_password_url_leaves_no_trace_in_database_files_or_output(password_url, 
     study_file = tmp_path / "secret.toml"  # the user's own file is the one place the password may be
     study_file.write_text(STUDY_TOML.format(name=study_name, url=password_url, n_trials=3, root=work))
     start_study(load_study_file(study_file), WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1))
-    outputs = [subprocess.run(args, capture_output=True, text=True, timeout=180, env=ENV, cwd=work) for args in (
-        [HPO, "retrain", study_name, "--storage", password_url, "--data-dir", str(tiny_cifar), "--max-epochs", "1",
+    outputs = [run_cli(*args, cwd=work) for args in (  # all they print: warnings and log records too
+        ["retrain", study_name, "--storage", password_url, "--data-dir", str(tiny_cifar), "--max-epochs", "1",
          "--target", "1.0", "--out", str(work / "run"), "--device", "cpu"],
-        [HPO, "study", "status", study_name, "--storage", password_url],
-        [HPO, "report", study_name, "--storage", password_url, "--out", str(work / "report.html")],
+        ["study", "status", study_name, "--storage", password_url],
+        ["report", study_name, "--storage", password_url, "--out", str(work / "report.html")],
     )]
     for r in outputs:
         assert r.returncode == 0, r.stderr
