@@ -1,11 +1,11 @@
 import json
-import subprocess
 
 import pytest
 import torch
 
 from cifarnet.config import ModelConfig
 from cifarnet.model import build_model, count_params, model_stats
+from tests.helpers import one_error_line, run_cli
 
 FAMILY = {
     "original": ModelConfig(),
@@ -138,17 +138,20 @@ def test_bad_model_config_rejected(bad):
         ModelConfig(**bad)
 
 
+def _ok(r):
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def test_cli_model_summary_prints_parameter_count(tmp_path):
-    out = subprocess.run(["hpo", "model", "summary"], capture_output=True, text=True, check=True).stdout
+    out = _ok(run_cli("model", "summary")).stdout
     assert "parameters: 153,104" in out
     assert "block3b.0" in out and "receptive field: 107 px" in out
     cfg = tmp_path / "run.toml"
     cfg.write_text("[model]\nwidths = [8, 16, 32, 64]\n")
-    out = subprocess.run(["hpo", "model", "summary", "--config", str(cfg)], capture_output=True, text=True,
-                         check=True).stdout
+    out = _ok(run_cli("model", "summary", "--config", str(cfg))).stdout
     assert f"parameters: {model_stats(ModelConfig(widths=(8, 16, 32, 64))).params:,}" in out
-    record = json.loads(subprocess.run(["hpo", "model", "summary", "--config", str(cfg), "-f", "json"],
-                                       capture_output=True, text=True, check=True).stdout)
+    record = json.loads(_ok(run_cli("model", "summary", "--config", str(cfg), "-f", "json")).stdout)
     stats = model_stats(ModelConfig(widths=(8, 16, 32, 64)))
     assert record["model"]["widths"] == [8, 16, 32, 64] and record["params"] == stats.params
     assert (record["macs"], record["receptive_field"]) == (stats.macs, stats.receptive_field)
@@ -158,7 +161,5 @@ def test_cli_model_summary_prints_parameter_count(tmp_path):
 def test_cli_model_summary_bad_config_is_one_line(tmp_path):
     cfg = tmp_path / "run.toml"
     cfg.write_text("[model]\nwidht = [8, 16, 32, 64]\n")
-    r = subprocess.run(["hpo", "model", "summary", "--config", str(cfg)], capture_output=True, text=True)
-    assert r.returncode == 1
-    assert "unknown key(s) in [model]: widht" in r.stderr
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("model", "summary", "--config", str(cfg))
+    assert "unknown key(s) in [model]: widht" in one_error_line(r)  # exit 1, one line, no traceback
