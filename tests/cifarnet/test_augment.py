@@ -6,8 +6,8 @@ from cifarnet.augment import AugParams, TorchAugment, albumentations_pipeline, n
 from cifarnet.data import load_cifar10
 
 
-def _images(real_cifar, n=512):
-    return load_cifar10(real_cifar).train.images[:n]
+def _images(real_cifar_data, n=512):
+    return real_cifar_data.train.images[:n].clone()  # a copy: the session's data stays as loaded
 
 
 def test_strength_zero_is_identity_for_both_backends(tiny_cifar):
@@ -38,9 +38,9 @@ def test_original_settings_at_half_strength():
 
 
 @pytest.mark.parametrize("strength", [0.5, 1.0])
-def test_backends_agree_in_output_statistics(real_cifar, strength):
+def test_backends_agree_in_output_statistics(real_cifar_data, strength):
     """Per-channel mean/std, the fraction of mean-filled (cutout) pixels and the change from the input agree."""
-    imgs = _images(real_cifar)
+    imgs = _images(real_cifar_data)
     x = normalize(imgs, torch.device("cpu"), channels_last=False)
     t = TorchAugment(strength)(x, torch.Generator().manual_seed(0))
     pipe = albumentations_pipeline(strength)

@@ -1,7 +1,6 @@
 import json
 import os
 import pickle
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +11,7 @@ from cifarnet.config import DataConfig
 from cifarnet.data import balanced_indices, load_cifar10, make_splits
 from cifarnet.errors import DataError
 from tests.conftest import write_cifar_batches
+from tests.helpers import one_error_line, run_cli
 
 
 def test_loads_fixture_layout(tiny_cifar):
@@ -38,8 +38,8 @@ def test_pixel_order_matches_file_layout(tmp_path):
     assert img[0, 0, 2] == raw["data"][0, 2048] and img[0, 1, 0] == raw["data"][0, 1]
 
 
-def test_real_cifar10(real_cifar):
-    data = load_cifar10(real_cifar)
+def test_real_cifar10(real_cifar_data):
+    data = real_cifar_data  # load_cifar10(real_cifar)
     assert data.train.images.shape == (50_000, 32, 32, 3) and data.test.images.shape == (10_000, 32, 32, 3)
     assert torch.bincount(data.train.labels).tolist() == [5000] * 10
     assert torch.bincount(data.test.labels).tolist() == [1000] * 10
@@ -47,8 +47,8 @@ def test_real_cifar10(real_cifar):
     assert torch.allclose(mean, torch.tensor([0.4914, 0.4822, 0.4465]), atol=1e-3)
 
 
-def test_validation_split_is_stratified_seeded_and_disjoint(real_cifar):
-    data = load_cifar10(real_cifar)
+def test_validation_split_is_stratified_seeded_and_disjoint(real_cifar_data):
+    data = real_cifar_data
     s1 = make_splits(data, DataConfig(train_size=1000, val_size=500, test_size=300, split_seed=3))
     s2 = make_splits(data, DataConfig(train_size=1000, val_size=500, test_size=300, split_seed=3))
     assert len(s1.train) == 1000 and len(s1.val) == 500 and len(s1.test) == 300
@@ -88,23 +88,19 @@ def test_bad_data_folder_raises_data_error(tmp_path, problem):
 
 
 def test_cli_bad_data_dir_is_one_clear_line(tmp_path):
-    r = subprocess.run(["hpo", "train", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o")],
-                       capture_output=True, text=True)
-    assert r.returncode == 1
-    assert r.stderr.startswith("error: CIFAR-10 folder not found")
-    assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    r = run_cli("train", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert one_error_line(r).startswith("error: CIFAR-10 folder not found")  # exit 1, one line, no traceback
 
 
 def test_cli_data_check(tiny_cifar, tmp_path):
-    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tiny_cifar)], capture_output=True, text=True)
+    r = run_cli("data", "check", "--data-dir", str(tiny_cifar))
     assert r.returncode == 0, r.stderr
     assert "train: 200 images, per class [20, 20, 20, 20, 20, 20, 20, 20, 20, 20]" in r.stdout
-    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tiny_cifar), "-f", "json"], capture_output=True,
-                       text=True)
+    r = run_cli("data", "check", "--data-dir", str(tiny_cifar), "-f", "json")
     assert r.returncode == 0 and json.loads(r.stdout) == {
         "folder": str(tiny_cifar / "cifar-10-batches-py"), "train": {"images": 200, "per_class": [20] * 10},
         "test": {"images": 60, "per_class": [6] * 10}}
-    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(tmp_path)], capture_output=True, text=True)
+    r = run_cli("data", "check", "--data-dir", str(tmp_path))
     assert r.returncode == 1 and "is missing data_batch_1" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -129,7 +125,7 @@ def test_crafted_batch_is_refused_and_runs_nothing(tmp_path, protocol):
     with pytest.raises(DataError, match=r"data_batch_2 is not a CIFAR-10 batch: refused global (posix|os)\.system"):
         load_cifar10(root)
     assert not marker.exists()
-    r = subprocess.run(["hpo", "data", "check", "--data-dir", str(root)], capture_output=True, text=True)
+    r = run_cli("data", "check", "--data-dir", str(root))
     assert r.returncode == 1 and r.stderr.startswith("error: ") and len(r.stderr.strip().splitlines()) == 1
     assert not marker.exists()
 
