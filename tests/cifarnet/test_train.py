@@ -1,7 +1,6 @@
 import json
 import os
 import pickle
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -12,6 +11,7 @@ from cifarnet.data import load_cifar10, make_splits
 from cifarnet.errors import CheckpointError, ConfigError, NonFiniteLossError
 from cifarnet.train import RunOptions, load_checkpoint, lr_factor, train
 from tests.conftest import TINY_DATA, TINY_TRAIN
+from tests.helpers import run_cli
 
 from cifarnet.config import ModelConfig
 
@@ -109,8 +109,8 @@ def test_cli_train_writes_metrics_and_checkpoint(tmp_path, tiny_cifar):
     cfg = tmp_path / "run.toml"
     cfg.write_text("epochs = 2\nbatch_size = 32\nlr = 0.05\n[model]\nwidths = [4, 8, 8, 8]\n[data]\nval_size = 40\n")
     out = tmp_path / "out"
-    r = subprocess.run(["hpo", "train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out),
-                        "--seed", "3", "--device", "cpu"], capture_output=True, text=True)
+    r = run_cli("train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out), "--seed", "3",
+                "--device", "cpu")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("epoch ") == 2
     metrics = json.loads((out / "metrics.json").read_text())
@@ -148,8 +148,8 @@ class _RunsCode:
 def _train_resume(tmp_path, tiny_cifar, out):
     cfg = tmp_path / "run.toml"
     cfg.write_text("epochs = 1\nbatch_size = 32\n[model]\nwidths = [4, 8, 8, 8]\n[data]\nval_size = 40\n")
-    return subprocess.run(["hpo", "train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out),
-                           "--resume", "--device", "cpu"], capture_output=True, text=True)
+    return run_cli("train", "--config", str(cfg), "--data-dir", str(tiny_cifar), "--out", str(out), "--resume",
+                   "--device", "cpu")
 
 
 @pytest.mark.parametrize("writer", ["torch.save", "pickle.dump"])
