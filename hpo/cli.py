@@ -36,6 +36,7 @@ import typer  # noqa: E402
 
 from hpo.commands import data, distributed, model, retrain, study, train  # noqa: E402
 from hpo.commands.options import INTERRUPTED_EXIT, CommandInterrupted  # noqa: E402
+from hpo.terminal import printable  # noqa: E402
 
 
 def _version(value: bool) -> None:
@@ -115,12 +116,13 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, CommandInterrupted) as e:
         print(str(e) if isinstance(e, CommandInterrupted) else STOPPED, file=sys.stderr)
         code = getattr(e, "exit_code", INTERRUPTED_EXIT)
-    except (CifarNetError, OutputError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (CifarNetError, OutputError) as e:  # messages quote names and reasons from databases and files
+        print(f"error: {printable(e)}", file=sys.stderr)
         code = 1
     except Exception as e:  # an unexpected bug: still one line, with a way to get the traceback
         if os.environ.get("HPO_DEBUG"):
             raise
-        print(f"error: unexpected {type(e).__name__}: {e} (set HPO_DEBUG=1 for the traceback)", file=sys.stderr)
+        print(f"error: unexpected {type(e).__name__}: {printable(e)} (set HPO_DEBUG=1 for the traceback)",
+              file=sys.stderr)
         code = 1
     sys.exit(code if isinstance(code, int) else 0)

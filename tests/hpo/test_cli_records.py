@@ -160,3 +160,15 @@ def test_start_with_n_trials_keeps_the_files_budget_in_the_stored_study_file(tmp
     joined = hpo("study", "join", str(path), "--device", "cpu", env=no_data)
     assert "nothing left to do" in joined.stdout and joined.stderr == ""
     assert len(optuna.load_study(study_name="budget", storage=url).trials) == 1
+
+
+def test_every_error_line_escapes_what_it_quotes(tmp_path):
+    """An error quoting a name from a database or a file (here: a study the database does not hold, among
+    studies whose names carry escape sequences) stays one safe line."""
+    from tests.helpers import run_cli
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="evil\x1b[2J\nforged line", storage=url)
+    r = run_cli("study", "status", "missing", "--storage", url)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "\x1b" not in r.stderr
+    assert "evil\\x1b[2J\\nforged line" in r.stderr
