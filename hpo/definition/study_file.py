@@ -60,9 +60,10 @@ MAX_RUNGS = 8
 RUNG_BASE = 3  # rung i reports at step 3**i: optuna's successive halving rungs (min_resource 1, reduction_factor 3)
 WORKER_KEYS = {"heartbeat_interval": int, "grace_period": int, "max_retry": int, "keep_checkpoints": bool}
 FINALIST_KEYS = {"top": int, "seeds": int, "epochs": int, "train_size": int}
-RETRAIN_KEYS = {"target": float, "max_epochs": int, "train_size": int}
+RETRAIN_KEYS = {"target": float, "max_epochs": int, "train_size": int, "tta_flip": bool, "tta_shift": int}
 # Options that may be 0; every other number in a study file must be > 0.
-ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry"}
+ZERO_OK = {"seed", "split_seed", "n_warmup_steps", "n_startup_trials", "min_early_stopping_rate", "max_retry",
+           "tta_shift"}
 # Largest value each number may take: what one run can use. Epochs and resources are epochs; the sampler seed
 # stays below 2**31 so seed + worker index (hpo.running.study.build_sampler) is still a valid 32-bit numpy seed.
 TRAIN_IMAGES = 50_000  # CIFAR-10's training set, validation split included
@@ -74,6 +75,7 @@ UPPER = {
     "seed": 2**31 - 1, "n_startup_trials": 1_000_000, "n_warmup_steps": MAX_EPOCHS, "interval_steps": MAX_EPOCHS,
     "n_min_trials": 1_000_000, "min_resource": MAX_EPOCHS, "max_resource": MAX_EPOCHS, "reduction_factor": 100,
     "min_early_stopping_rate": 100, "top": 100, "seeds": 100, "target": 1.0, "max_epochs": MAX_EPOCHS,
+    "tta_shift": 4,
 }
 # Study names become folder names (artifacts/<name>, runs/retrain/<name>) and output lines.
 NAME_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,100}")
@@ -136,6 +138,10 @@ class RetrainSpec:
     target: float = 0.85  # test accuracy that stops training early (changes nothing in the schedule)
     max_epochs: int = 30  # the schedule's length
     train_size: int | None = None  # training images (class-balanced subset); None = all 50k
+    # Test-time views of the retrain's evaluation (None: the trial's). They change nothing that is trained, so
+    # a search can score its trials with cheap views and the retrain with more.
+    tta_flip: bool | None = None
+    tta_shift: int | None = None
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,9 @@ from hpo.definition.space import suggest_config
 from hpo.running.study import load_study
 from hpo.definition.study_file import StudySpec, spec_from_dict
 
-REPLAY_FREE = ("epochs", "seed")  # the only fields a retrain may change relative to the searched trial
+# The only fields a retrain may change relative to the searched trial: the schedule's length, the seed, and the
+# evaluation's test-time views (they change nothing that is trained).
+REPLAY_FREE = ("epochs", "seed", "tta_flip", "tta_shift")
 ARTIFACT_FILES = ("final.pt", "best.pt", "config.toml", "metrics.json", "metrics.csv", "learning_curve.html")
 
 
@@ -141,7 +143,9 @@ def prepare_retrain(study_or_name: str, options: RetrainOptions = RetrainOptions
     cfg = replay_config(spec, trial)
     seed = options.seed if options.seed is not None else trial.user_attrs["config"].get("seed", cfg.seed)
     max_epochs = options.max_epochs or spec.retrain.max_epochs
-    cfg = cfg.replace(epochs=max_epochs, seed=seed)
+    views = {k: v for k, v in {"tta_flip": spec.retrain.tta_flip, "tta_shift": spec.retrain.tta_shift}.items()
+             if v is not None}
+    cfg = cfg.replace(epochs=max_epochs, seed=seed, **views)
     out = Path(options.out or Path("runs/retrain") / study.study_name / f"trial{trial.number}").resolve()
     if out.exists() and not out.is_dir():  # refused before a record of the retrain is written on the study
         raise RetrainError(f"--out {out} is a file, not a run folder: choose another --out")

@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import optuna
+
+from cifarnet.config import TrainConfig
 import pytest
 
 from hpo.definition.study_file import load_study_file
@@ -28,7 +30,8 @@ def study(tmp_path_factory, tiny_cifar):
     url = f"sqlite:///{folder / 'study.db'}"
     spec = load_study_file(write_study(folder, "sig", url, budget={"epochs": 1},
                                        study={"artifact_dir": str(folder / "artifacts")},
-                                       retrain={"target": 0.3, "max_epochs": 2, "train_size": 100}), n_trials=2)
+                                       retrain={"target": 0.3, "max_epochs": 2, "train_size": 100,
+                                                "tta_shift": 1}), n_trials=2)
     start_study(spec, WorkerOptions(data_dir=str(tiny_cifar), device="cpu", threads=1, out=io.StringIO()))
     return url
 
@@ -51,6 +54,9 @@ def test_sigterm_records_the_retrain_as_interrupted(study, tiny_cifar, tmp_path)
 def test_the_study_files_retrain_table_sets_the_defaults_and_flags_override_them(study, tmp_path):
     plan = prepare_retrain("sig", RetrainOptions(storage=study, out=tmp_path / "a", finalists=False))
     assert (plan.cfg.epochs, plan.target, plan.data.train_size, plan.data.val_size) == (2, 0.3, 100, 0)
+    # evaluated with the extra views the table asks for; trained exactly as searched (views train nothing)
+    assert plan.cfg.tta_shift == 1 and plan.trial.user_attrs["config"]["tta_shift"] == 0
+    assert plan.cfg.replace(tta_shift=0, epochs=1, seed=0) == TrainConfig.from_dict(plan.trial.user_attrs["config"])
     flags = prepare_retrain("sig", RetrainOptions(storage=study, out=tmp_path / "b", target=0.5, max_epochs=3,
                                                   finalists=False))
     assert (flags.cfg.epochs, flags.target, flags.data.train_size) == (3, 0.5, 100)
