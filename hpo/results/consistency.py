@@ -1,7 +1,7 @@
 """What must hold in a study's records after any crash of any worker (`hpo study verify`).
 
-Heartbeat times are not visible through optuna's storage API, so that check queries optuna's tables of an RDB
-storage; behind the gRPC proxy it is skipped.
+Heartbeat times are not visible through optuna's storage API: hpo.storage.optuna_internals reads them from optuna's
+tables of an RDB storage; behind the gRPC proxy that check is skipped.
 """
 
 from __future__ import annotations
@@ -11,16 +11,13 @@ from datetime import datetime
 from typing import Any
 
 import optuna
-import sqlalchemy
 from optuna.trial import TrialState
 
 from hpo.errors import StorageError, StudyFileError
-from hpo.definition.study_file import spec_from_dict
+from hpo.definition.study_file import RUNG_BASE, spec_from_dict
+from hpo.storage.optuna_internals import running_heartbeats
 
 REQUIRED_STUDY_ATTRS = ("study_file", "artifact_dir", "run_budget")
-RUNNING_HEARTBEATS = sqlalchemy.text(
-    "SELECT t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t JOIN studies s ON s.study_id = t.study_id "
-    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE s.study_name = :name AND t.state = 'RUNNING'")
 
 
 def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
@@ -39,8 +36,10 @@ def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
     except KeyError:
         raise StorageError(f"no study named {study_name!r}") from None
     problems = _check_study_attrs(study.user_attrs)
-    if grace_period is None and not problems:
-        grace_period = spec_from_dict(study.user_attrs["study_file"]).workers.grace_period
+    spec = None if problems else spec_from_dict(study.user_attrs["study_file"])
+    if grace_period is None and spec is not None:
+        grace_period = spec.workers.grace_period
+    rung_steps = [RUNG_BASE ** i for i in range(len(spec.rungs) + 1)] if spec is not None and spec.rungs else None
     trials = study.get_trials(deepcopy=False)
     numbers = sorted(t.number for t in trials)
     if numbers != list(range(len(trials))):
@@ -48,13 +47,16 @@ def check_consistency(storage: optuna.storages.BaseStorage, study_name: str,
         problems.append(f"trial numbers are not 0..{len(trials) - 1} once each (duplicates: {dupes})")
     for t in trials:
         steps = sorted(t.intermediate_values)
-        if steps != list(range(1, len(steps) + 1)):
+        if rung_steps is not None and steps != rung_steps[:len(steps)]:
+            problems.append(f"trial {t.number}: intermediate values at steps {steps}, expected rung steps "
+                            f"{rung_steps[:max(1, len(steps))]}...")
+        elif rung_steps is None and steps != list(range(1, len(steps) + 1)):
             problems.append(f"trial {t.number}: intermediate values at steps {steps}, expected epochs 1..k")
         if t.state == TrialState.COMPLETE and t.value is None:
             problems.append(f"trial {t.number}: COMPLETE without a value")
     problems += _check_retries(trials)
     if isinstance(storage, optuna.storages.RDBStorage):  # behind the gRPC proxy the tables are out of reach
-        problems += _check_rows(storage.engine, study_name, grace_period)
+        problems += _check_heartbeats(running_heartbeats(storage, study_name), grace_period)
     return problems
 
 
@@ -78,9 +80,7 @@ def _check_retries(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
     return problems
 
 
-def _check_rows(engine: sqlalchemy.Engine, study_name: str, grace_period: float | None) -> list[str]:
-    with engine.connect() as conn:
-        running = conn.execute(RUNNING_HEARTBEATS, {"name": study_name}).all()
+def _check_heartbeats(running: list[tuple[int, Any, Any]], grace_period: float | None) -> list[str]:
     problems = []
     for number, beat, now in running:
         # optuna stores the database's own CURRENT_TIMESTAMP (UTC); SQLite returns both as text.

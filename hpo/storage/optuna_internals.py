@@ -1,6 +1,6 @@
 """THE one module that touches optuna's internals: RDBStorage methods overridden or wrapped by name, some of
-them private ones optuna's trial cache calls instead of the public API. Everything else in this project uses
-optuna's public API only.
+them private ones optuna's trial cache calls instead of the public API, and one query of optuna's own tables
+(heartbeat times, which its API does not show). Everything else in this project uses optuna's public API only.
 
 Why a subclass at all: optuna's own behaviour loses data here. pool_pre_ping only replaces connections that
 died while idle; one that dies during a call fails it, and with it the trial or the worker
@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+import sqlalchemy
 from sqlalchemy.exc import SQLAlchemyError
 
 from hpo.storage.failures import driver_words, is_connection_lost, is_transient
@@ -127,3 +128,16 @@ if MISSING_CALLS:
 for _name in RETRIED_CALLS:
     if _name not in MISSING_CALLS and _name not in vars(ReconnectingRDBStorage):
         setattr(ReconnectingRDBStorage, _name, retrying(getattr(optuna.storages.RDBStorage, _name)))
+
+
+# optuna's RDB schema (tables trials, studies, trial_heartbeats): the heartbeat of every RUNNING trial of a study.
+RUNNING_HEARTBEATS = sqlalchemy.text(
+    "SELECT t.number, h.heartbeat, CURRENT_TIMESTAMP FROM trials t JOIN studies s ON s.study_id = t.study_id "
+    "LEFT JOIN trial_heartbeats h ON h.trial_id = t.trial_id WHERE s.study_name = :name AND t.state = 'RUNNING'")
+
+
+def running_heartbeats(storage: optuna.storages.RDBStorage, study_name: str) -> list[tuple[int, Any, Any]]:
+    """(trial number, its last heartbeat or None, the database's now) of every RUNNING trial of the study:
+    `hpo study verify` and `hpo study status` flag trials whose worker is gone."""
+    with storage.engine.connect() as conn:
+        return [tuple(row) for row in conn.execute(RUNNING_HEARTBEATS, {"name": study_name}).all()]

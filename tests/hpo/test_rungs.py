@@ -13,7 +13,9 @@ from optuna.trial import TrialState
 
 from hpo.definition.study_file import Rung, load_study_file
 from hpo.errors import StudyFileError
+from hpo.results.consistency import check_consistency
 from hpo.running.objective import Objective
+from hpo.storage import open_storage
 from hpo.running.worker import WorkerOptions, start_study
 from hpo.definition.study_file import to_toml
 from tests.hpo.studyfiles import TINY_STUDY, write_study
@@ -90,3 +92,5 @@ def test_successive_halving_stops_trials_at_their_rungs(tmp_path, tiny_cifar, st
         earlier = [u.intermediate_values[3 ** i] for u in trials if u.number < t.number and 3 ** i in
                    u.intermediate_values]
         assert earlier and t.params["lr"] < max(earlier)  # it was not the best so far at that rung
+    # the records of a rung study are consistent (steps 1, 3, 9 are rungs, not epochs)
+    assert check_consistency(open_storage(url), study_name) == []
