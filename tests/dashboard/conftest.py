@@ -1,14 +1,12 @@
 """A real study on a real SQLite file for the dashboard tests: `hpo study start studies/smoke.toml` on the tiny
 CIFAR fixture (trial 0 the seed baseline, median pruning, an over-budget rejection), its trials annotated by
-the workers with notes and per-epoch tables, and a real `hpo retrain` of the best trial."""
+the workers with notes and per-epoch tables, and a real `hpo retrain` of the best trial (both through the CLI's
+entry point, in this process)."""
 
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -16,10 +14,10 @@ import pytest
 
 from hpo.definition.paths import resolve_artifact_dir
 from hpo.definition.study_file import load_study_file
+from tests.helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[2]
 SMOKE = REPO / "studies/smoke.toml"
-HPO = str(Path(sys.executable).with_name("hpo"))
 N_TRIALS = 12  # more than smoke's 6: enough complete trials (>= 4) for the importance chart, and pruned ones
 PRUNER_STARTUP = 5  # smoke's median pruner waits for 2 complete trials; 5 lets the first few finish
 
@@ -43,10 +41,8 @@ def _demo_study_file(folder: Path, url: str) -> Path:
 
 
 def _hpo(*args: str) -> None:
-    # One torch thread: the 2 shared cores are only oversubscribed by more.
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([HPO, *args], capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, f"hpo {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}"
+    r = run_cli(*args)  # one torch thread, as tests/conftest.py set it for this process
+    assert r.returncode == 0, f"hpo {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
 
 
 @pytest.fixture(scope="session")

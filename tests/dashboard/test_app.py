@@ -4,11 +4,9 @@ answering optuna-dashboard's HTTP API on a real study database, then stopping cl
 from __future__ import annotations
 
 import io
-import os
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -20,8 +18,7 @@ from benchmarks.screenshots import get_json, start_dashboard
 from dashboard.app import CONFIG_TOML, DashboardConfig, StudyArtifactStore
 from hpo.errors import HPOError
 from hpo.storage import open_storage
-
-HPO = str(Path(sys.executable).with_name("hpo"))
+from tests.helpers import HPO, run_cli
 
 
 def test_config_takes_cli_then_toml_then_defaults(tmp_path):
@@ -120,8 +117,7 @@ def test_dashboard_from_study_file_uses_its_storage(demo_study):
 
 
 def test_dashboard_refuses_a_missing_database(tmp_path):
-    proc = subprocess.run([HPO, "dashboard", "--storage", f"sqlite:///{tmp_path / 'typo.db'}", "--port", "0"],
-                          capture_output=True, text=True, timeout=60)
+    proc = run_cli("dashboard", "--storage", f"sqlite:///{tmp_path / 'typo.db'}", "--port", "0")
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: no study database at") and "Traceback" not in proc.stderr
     assert not (tmp_path / "typo.db").exists()
@@ -180,7 +176,7 @@ def test_dashboard_on_loopback_does_not_warn_and_refuses_foreign_hosts(tmp_path)
     assert errors.read_text() == ""
 
 
-def test_dashboard_help_says_what_a_non_local_host_exposes():
-    r = subprocess.run([HPO, "dashboard", "--help"], capture_output=True, text=True, timeout=60,
-                       env={**os.environ, "COLUMNS": "200"})
+def test_dashboard_help_says_what_a_non_local_host_exposes(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")
+    r = run_cli("dashboard", "--help")
     assert r.returncode == 0 and "no authentication" in r.stdout and "--allowed-host" in r.stdout

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from hpo.storage import open_storage
@@ -83,6 +84,7 @@ def test_trial_runner_annotates_each_live_trial_on_every_storage(storage_url, st
         assert (tmp_path / files["curve.csv"]).read_text().startswith("epoch,")
 
 
+@pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # a folder that cannot be written: any storage
 def test_a_note_that_cannot_be_written_never_fails_the_trial(storage_url, study_name, tmp_path, caplog):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("")  # the artifact folder cannot be created

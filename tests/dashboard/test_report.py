@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import optuna
+import pytest
 
 from dashboard.report import MIN_TRIALS_FOR_IMPORTANCE, build_report, pareto_front
 from hpo.storage import open_storage
+from tests.helpers import run_cli
 
-HPO = str(Path(sys.executable).with_name("hpo"))
+SQLITE_ONLY = pytest.mark.parametrize("storage_url", ["sqlite"], indirect=True)  # the page's, not the storage's
 SECTIONS = ("history", "curves", "importance", "parallel", "size", "pruning", "retrain")
 
 
@@ -48,6 +47,7 @@ def test_pareto_front_keeps_only_undominated_points():
     assert pareto_front(points) == [(100, 0.5, 0), (200, 0.7, 2), (400, 0.9, 4)]
 
 
+@SQLITE_ONLY
 def test_thin_study_says_why_charts_are_missing(storage_url, study_name):
     study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url), direction="maximize")
     study.optimize(lambda t: t.suggest_float("lr", 0.01, 0.3), n_trials=MIN_TRIALS_FOR_IMPORTANCE - 1)
@@ -58,6 +58,7 @@ def test_thin_study_says_why_charts_are_missing(storage_url, study_name):
     assert 'id="fig-importance"' not in page and 'id="fig-history"' in page
 
 
+@SQLITE_ONLY
 def test_empty_study_still_renders(storage_url, study_name):
     study = optuna.create_study(study_name=study_name, storage=open_storage(storage_url))
     page = build_report(study)
@@ -66,12 +67,10 @@ def test_empty_study_still_renders(storage_url, study_name):
 
 def test_report_cli_writes_the_file_and_rejects_unknown_studies(demo_study, tmp_path):
     out = tmp_path / "nested" / "report.html"
-    ok = subprocess.run([HPO, "report", demo_study.name, "--storage", demo_study.storage, "-o", str(out)],
-                        capture_output=True, text=True, timeout=120)
+    ok = run_cli("report", demo_study.name, "--storage", demo_study.storage, "-o", str(out))
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip() == f"wrote {out}" and out.read_text().count("Plotly.newPlot") == len(SECTIONS)
-    bad = subprocess.run([HPO, "report", "nope", "--storage", demo_study.storage, "-o", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    bad = run_cli("report", "nope", "--storage", demo_study.storage, "-o", str(out))
     assert bad.returncode == 1
     assert bad.stderr.strip() == (f"error: no study named 'nope' in {demo_study.storage} "
                                   f"(studies there: {demo_study.name})")
