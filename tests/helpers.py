@@ -117,6 +117,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
     out, err = io.StringIO(), io.StringIO()
     last_resort = logging.StreamHandler(err)
     last_resort.setLevel(logging.WARNING)
+    verbosity = optuna.logging.get_verbosity()  # before the redirect: optuna's handler, were it new, on real stderr
     with contextlib.ExitStack() as restore:
         if cwd is not None:
             restore.enter_context(contextlib.chdir(cwd))
@@ -127,7 +128,7 @@ def run_cli(*args: str, cwd: Path | None = None) -> CliResult:
         _as_a_new_process_warns()
         for sig in (signal.SIGINT, signal.SIGTERM):
             restore.callback(signal.signal, sig, signal.getsignal(sig))
-        restore.callback(optuna.logging.set_verbosity, optuna.logging.get_verbosity())  # creates optuna's handler
+        restore.callback(optuna.logging.set_verbosity, verbosity)
         for handler in logging.getLogger("optuna").handlers:
             if type(handler) is logging.StreamHandler:
                 restore.callback(handler.setStream, handler.setStream(err))
