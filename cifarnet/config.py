@@ -213,18 +213,22 @@ def _check_types(prefix: str, d: dict[str, Any], cls: type) -> None:
     hints = typing.get_type_hints(cls)
     for key, value in d.items():
         expected = hints[key]
-        if not _has_type(value, expected):
-            raise ConfigError(f"{prefix}{key} must be {_type_text(expected)}, got {value!r}")
+        if not has_type(value, expected):
+            raise ConfigError(f"{prefix}{key} must be {type_text(expected)}, got {value!r}")
 
 
-def _has_type(value: Any, expected: Any) -> bool:
+def has_type(value: Any, expected: Any) -> bool:
+    """Whether `value` (as TOML gives it) has the field type `expected`: bool is not a number, an int is a float,
+    a per-stage tuple field takes one value or a list. The one type check of run files and study files."""
+    if expected in (list, dict):
+        return isinstance(value, expected)
     if expected is bool:
         return isinstance(value, bool)
     if typing.get_origin(expected) is tuple:  # a list of one type; bool and str per-stage fields take one value too
         item = typing.get_args(expected)[0]
         if isinstance(value, (list, tuple)):
-            return all(_has_type(v, item) for v in value)
-        return item in (bool, str) and _has_type(value, item)
+            return all(has_type(v, item) for v in value)
+        return item in (bool, str) and has_type(value, item)
     if isinstance(value, bool):
         return False
     if expected is int:
@@ -234,11 +238,13 @@ def _has_type(value: Any, expected: Any) -> bool:
     if expected is str:
         return isinstance(value, str)
     args = typing.get_args(expected)  # X | None
-    return value is None or any(_has_type(value, a) for a in args if a is not type(None))
+    return value is None or any(has_type(value, a) for a in args if a is not type(None))
 
 
-def _type_text(expected: Any) -> str:
-    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+def type_text(expected: Any) -> str:
+    """`expected` in words, for one-line errors."""
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string", list: "a list of tables",
+             dict: "a table"}
     if typing.get_origin(expected) is tuple:
         item = typing.get_args(expected)[0]
         return "a list of integers" if item is int else f"{names[item]}, or a list of them"

@@ -29,7 +29,8 @@ from typing import Any, Callable
 
 import optuna
 
-from cifarnet.config import MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, dumps_toml, read_toml_bounded
+from cifarnet.config import (MAX_EPOCHS, SEED_LIMIT, DataConfig, TrainConfig, dumps_toml, has_type, read_toml_bounded,
+                             type_text)
 from cifarnet.errors import ConfigError
 from cifarnet.redact import hide_password
 from hpo.errors import StudyFileError
@@ -255,12 +256,8 @@ def _typed(where: str, values: dict[str, Any], keys: dict[str, type]) -> dict[st
     out, problems = {}, []
     for key, value in values.items():
         kind = keys[key]
-        if kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        else:
-            ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if not ok:
-            problems.append(f"{where} {key} must be {_type_name(kind)}, got {value!r}")
+        if not has_type(value, kind) or value is None:
+            problems.append(f"{where} {key} must be {type_text(kind)}, got {value!r}")
             continue
         if kind in (int, float):
             high = UPPER[key]
@@ -309,11 +306,6 @@ def _check_keys(where: str, values: Any, known: dict[str, Any]) -> None:
     for key, kind in known.items():
         if kind is dict and key in values and not isinstance(values[key], dict):
             raise StudyFileError(f"{where}: {key} must be a [{key}] table")
-
-
-def _type_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
-            list: "a list of tables"}[kind]
 
 
 def _parse_kind(table: str, values: dict[str, Any], kinds: dict[str, dict[str, type]],
