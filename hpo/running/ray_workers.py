@@ -119,7 +119,7 @@ def run_slot(spec: StudySpec, opts: WorkerOptions, seed_offset: int | None) -> i
     import ray
     import torch
 
-    from hpo import objective
+    from hpo.running import objective
 
     gpu_ids = [str(i) for i in ray.get_gpu_ids()]
     objective.PLACEMENT.clear()

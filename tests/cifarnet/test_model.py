@@ -163,3 +163,16 @@ def test_cli_model_summary_bad_config_is_one_line(tmp_path):
     cfg.write_text("[model]\nwidht = [8, 16, 32, 64]\n")
     r = run_cli("model", "summary", "--config", str(cfg))
     assert "unknown key(s) in [model]: widht" in one_error_line(r)  # exit 1, one line, no traceback
+
+
+def test_run_files_and_stored_configs_take_per_stage_switches_as_one_value_or_a_list():
+    from cifarnet.config import TrainConfig
+    from cifarnet.errors import ConfigError
+
+    one = TrainConfig.from_dict({"model": {"depthwise": True, "downsample": "maxpool"}}).model
+    assert one.depthwise == (True, True, True) and one.downsample == ("maxpool",) * 3  # as older files wrote them
+    listed = TrainConfig.from_dict({"model": {"depthwise": [False, True, True]}}).model
+    assert listed.depthwise == (False, True, True)
+    for bad in ({"depthwise": 1}, {"depthwise": [True, "x", True]}, {"downsample": 2}, {"widths": True}):
+        with pytest.raises(ConfigError):
+            TrainConfig.from_dict({"model": bad})

@@ -35,7 +35,12 @@ def test_every_demo_trial_has_a_note_that_says_what_happened(demo_study):
         assert f"| parameters | {attrs['params_count']:,} |" in note
         assert f"| receptive field | {attrs['receptive_field']} px |" in note
         assert f"- model: widths {attrs['config']['model']['widths']}" in note
-    assert kinds == {"pruned", "rejected", "complete"}
+        if "fitted_widths" in attrs:
+            kinds.add("fitted")
+            fitted = attrs["fitted_widths"]
+            assert f"| widths fitted to max_params | sampled {fitted['sampled']}, trained {fitted['trained']} |" in note
+    # no trial is rejected for its size any more: over-budget samples are narrowed to fit and trained
+    assert kinds == {"pruned", "fitted", "complete"}
 
 
 def test_trained_trials_get_their_curve_table_rejected_ones_none(demo_study):

@@ -29,6 +29,7 @@ RUN_BY = {
     "study best": "tests/hpo/test_study_cli.py",
     "study summary": "tests/hpo/test_summary.py",
     "study verify": "tests/hpo/test_cli.py",
+    "study finalists": "tests/hpo/test_finalists.py",
     "dashboard": "tests/hpo/test_cli.py",
     "report": "tests/dashboard/test_report.py",
     "retrain": "tests/hpo/test_retrain.py",
@@ -68,3 +69,12 @@ def test_documented_flags_exist(line):
         target = help_text if part is line.split("|")[0] else run_cli("study", sub[0], "--help").stdout
         for flag in re.findall(r"(?<![\w-])(--?[a-z][\w-]*)", part):
             assert re.search(rf"(?<![\w-]){re.escape(flag)}\b", target), (line, flag)
+
+
+def test_the_readme_test_command_installs_what_the_tests_need_and_ci_runs_exactly_it():
+    """A new user's test command must pass on a fresh machine: the browser tests need Chromium, which only .ci/run
+    used to install."""
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("Run the tests", 1)[1].split("```bash\n", 1)[1].split("\n```", 1)[0].strip()
+    assert block.startswith(".ci/browser-deps && ") and block.endswith("python -m pytest -q")
+    assert (REPO / ".ci" / "run").read_text().strip().splitlines()[-1] == block

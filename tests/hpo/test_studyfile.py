@@ -33,17 +33,19 @@ def test_shipped_study_files_parse_and_round_trip(name):
     assert spec.name == name
     assert spec.data.test_size == 0  # trials never look at the test set
     assert spec_from_dict(spec.raw) == spec  # what is stored on the study rebuilds the same spec
-    assert {"lr", "width1", "width2", "width3", "width4", "dilation", "aug_strength"} <= set(spec.space.params)
+    assert {"lr", "width1", "width2", "width3", "width4", "aug_strength"} <= set(spec.space.params)
     assert spec.space.params["lr"].log
 
 
 def test_quick_study_is_sized_for_two_cpu_cores():
     spec = load_study_file(STUDIES / "quick.toml")
-    # ~3,000 training images/s for an average member of the space with bf16 on 2 cores (results/quick):
-    # every trial at full budget would take 20-40 min; pruning and the 30-min timeout bring it to 20-30.
-    images = spec.n_trials * spec.base.epochs * spec.data.train_size
-    assert 20 * 60 <= images / 3000 <= 40 * 60
-    assert spec.pruner.kind in ("median", "hyperband") and spec.timeout <= 1800 and spec.base.bf16
+    # ~350 training images/s for an average member of the space in fp32 on 2 AVX2 cores (no native bf16):
+    # successive halving (reduction factor 3) runs every rung 0, a third of rung 1 and a ninth of full runs.
+    rf = spec.pruner.options["reduction_factor"]
+    costs = [r.image_epochs for r in spec.rungs] + [spec.base.epochs * spec.data.train_size]
+    per_trial = sum(c / rf ** i for i, c in enumerate(costs))
+    assert 15 * 60 <= spec.n_trials * per_trial / 350 <= 40 * 60
+    assert spec.pruner.kind == "successive-halving" and spec.rungs and spec.timeout <= 1800
 
 
 def test_smoke_widths_are_tiny():
@@ -64,7 +66,7 @@ BAD_FILES = {
     "syntax error": ("[study\nname = 1", "TOML syntax error"),
     "unknown key": (None, "unknown key(s) 'colour'"),
     "low > high": (None, "low (0.5) > high (0.1)"),
-    "unknown sampler": (None, "kind must be one of tpe, random, gp, cmaes; got 'bayes'"),
+    "unknown sampler": (None, "kind must be one of tpe, random, gp, cmaes, qmc; got 'bayes'"),
 }
 
 
@@ -138,7 +140,7 @@ def test_committed_quick_study_resumes_only_with_its_own_file(tmp_path):
     shutil.copy(STUDIES.parent / "results" / "quick" / "hpo.db", db)
     stored = optuna.load_study(study_name="quick", storage=f"sqlite:///{db}").user_attrs["study_file"]
     check_same_search(stored, load_study_file(STUDIES / "quick-v1.toml"))
-    with pytest.raises(HPOError, match=r"different \[space\], \[train\]"):
+    with pytest.raises(HPOError, match=r"different \[space\], \[budget\], \[train\]"):
         check_same_search(stored, load_study_file(STUDIES / "quick.toml"))
 
 
@@ -288,3 +290,19 @@ def test_fuzzed_study_files_raise_only_study_file_errors(tmp_path):
                 assert "\n" not in str(e).replace(str(path), ""), str(e)
                 outcomes["refused"] += 1
     assert outcomes["refused"] > 300 and outcomes["ok"] > 10  # the fuzz reaches both outcomes
+
+
+def test_fitting_keeps_the_proportions_and_is_the_replay_of_the_trial():
+    from cifarnet.config import ModelConfig, TrainConfig
+    from hpo.definition.space import fit_widths
+    from cifarnet.model import count_params_of
+
+    cfg = TrainConfig(model=ModelConfig(widths=(32, 64, 128, 128), depthwise=False))
+    assert count_params_of(cfg.model) > 200_000
+    fitted = fit_widths(cfg, 200_000)
+    assert count_params_of(fitted.model) <= 200_000 and fitted.replace(model=cfg.model) == cfg
+    ratios = [f / w for f, w in zip(fitted.model.widths, cfg.model.widths)]
+    assert max(ratios) - min(ratios) < 0.1  # one common factor, up to rounding to multiples of 4
+    assert fit_widths(cfg, 200_000) == fitted  # deterministic: a replay gets the model the trial trained
+    small = TrainConfig(model=ModelConfig(widths=(8, 8, 8, 8)))
+    assert fit_widths(small, 200_000) is small
