@@ -43,9 +43,12 @@ def annotate_trial(trial: optuna.Trial, state: TrialState, value: float | None =
 
 
 def outcome(trial: FrozenTrial) -> str:
-    """One phrase for the trial's fate, e.g. "complete", "pruned at epoch 2", "pruned before training"."""
+    """One phrase for the trial's fate, e.g. "complete", "pruned at epoch 2", "pruned at rung 1" (a rung study's
+    trials are stopped between complete short runs), "pruned before training"."""
     attrs, state = trial.user_attrs, trial.state
     if state == TrialState.PRUNED:
+        if "pruned_at_rung" in attrs:
+            return f"pruned at rung {attrs['pruned_at_rung']}"
         return f"pruned at epoch {attrs['pruned_at_epoch']}" if "pruned_at_epoch" in attrs else "pruned before training"
     return "failed" if state == TrialState.FAIL else state.name.lower()
 
@@ -74,6 +77,12 @@ def _why(trial: FrozenTrial, others: list[FrozenTrial]) -> str:
     reason = attrs.get("fail_reason")
     if state == TrialState.FAIL:
         return f"**Failed:** {reason or 'no reason recorded'}"
+    if state == TrialState.PRUNED and "pruned_at_rung" in attrs:
+        rung = (attrs.get("rungs") or [{}])[-1]
+        size = f" ({rung['epochs']} epochs on {rung['train_size']:,} images)" if "epochs" in rung else ""
+        value = rung.get("val_acc", float("nan"))
+        return (f"**Pruned** at rung {attrs['pruned_at_rung']}{size}: val_acc {value:.4f}; successive halving kept "
+                f"the better trials of that rung." + (f" Reason: {reason}." if reason else ""))
     if state == TrialState.PRUNED and "pruned_at_epoch" not in attrs:
         return f"**Pruned before training:** {reason or 'no reason recorded'}"
     if state == TrialState.PRUNED:

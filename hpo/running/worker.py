@@ -30,7 +30,7 @@ from cifarnet.data import load_cifar10, make_splits, resolve_data_dir
 from cifarnet.train import RunOptions
 from hpo.errors import HPOError, StorageError, WorkerInterrupted, first_line
 from hpo.running.launcher import check_device, run_processes
-from hpo.running.notes import annotate_trial
+from hpo.running.notes import annotate_trial, outcome
 from hpo.running.objective import TRIAL_ERRORS, Objective
 from hpo.definition.paths import study_artifact_dir
 from hpo.storage import RECONNECT_WINDOW_S, database_failure, display_url, heartbeat_enabled, interrupt_received, \
@@ -386,9 +386,9 @@ def describe_trial(trial: FrozenTrial) -> str:
         return f"{name} complete: val_acc {trial.value:.4f} in {secs}"
     if trial.state == TrialState.PRUNED and "fail_reason" in attrs:
         return f"{name} pruned: {attrs['fail_reason']}"
-    if trial.state == TrialState.PRUNED:
-        last = trial.intermediate_values.get(attrs.get("pruned_at_epoch", -1), float("nan"))
-        return f"{name} pruned at epoch {attrs.get('pruned_at_epoch', '?')} (val_acc {last:.4f})"
+    if trial.state == TrialState.PRUNED:  # the last value it reported: at the epoch or the rung it was stopped
+        last = trial.intermediate_values[max(trial.intermediate_values)] if trial.intermediate_values else float("nan")
+        return f"{name} {outcome(trial)} (val_acc {last:.4f})"
     return f"{name} failed: {attrs.get('fail_reason', 'unknown error')}"
 
 

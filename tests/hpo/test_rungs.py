@@ -15,6 +15,7 @@ from hpo.definition.study_file import Rung, load_study_file
 from hpo.errors import StudyFileError
 from hpo.results.consistency import check_consistency
 from hpo.running.objective import Objective
+from hpo.running.notes import format_note
 from hpo.storage import open_storage
 from hpo.running.worker import WorkerOptions, start_study
 from hpo.definition.study_file import to_toml
@@ -80,8 +81,9 @@ def test_successive_halving_stops_trials_at_their_rungs(tmp_path, tiny_cifar, st
 
     monkeypatch.setattr(Objective, "_train_rung", rung_score)
     path, url = rung_study(tmp_path, study_name)
+    out = io.StringIO()
     start_study(load_study_file(path, n_trials=12), WorkerOptions(data_dir=str(tiny_cifar), device="cpu",
-                                                                  threads=1, out=io.StringIO()))
+                                                                  threads=1, out=out))
     trials = optuna.load_study(study_name=study_name, storage=url).trials
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned and len(pruned) < len(trials)
@@ -92,5 +94,8 @@ def test_successive_halving_stops_trials_at_their_rungs(tmp_path, tiny_cifar, st
         earlier = [u.intermediate_values[3 ** i] for u in trials if u.number < t.number and 3 ** i in
                    u.intermediate_values]
         assert earlier and t.params["lr"] < max(earlier)  # it was not the best so far at that rung
+        # its progress line and its note name the rung and its score (not "epoch ?", "nan", "before training")
+        assert f"trial {t.number} pruned at rung {i} (val_acc {t.params['lr']:.4f})" in out.getvalue()
+        assert format_note(t).startswith(f"## Trial {t.number}: pruned at rung {i}\n\n**Pruned** at rung {i} (")
     # the records of a rung study are consistent (steps 1, 3, 9 are rungs, not epochs)
     assert check_consistency(open_storage(url), study_name) == []
