@@ -23,7 +23,8 @@ from plotly.colors import qualitative
 
 from cifarnet.files import write_text_atomic
 from hpo.errors import HPOError
-from hpo.results.efficiency import BENCHMARK_NAME, compare_strategies, pruning_savings, study_record
+from hpo.results.efficiency import (BENCHMARK_NAME, compare_strategies, full_run_images, pruning_savings,
+                                    study_record, trial_compute)
 from hpo.results.records import rerun_note, reruns
 from hpo.definition.paths import locate_study
 from hpo.results.retrain_records import describe_record, reference_retrain, retrain_records
@@ -254,21 +255,26 @@ def size_section(trials: list[FrozenTrial]) -> Section:
 
 def pruning_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
     """Epochs trained and saved per trial."""
-    epochs = int(study.user_attrs.get("study_file", {}).get("budget", {}).get("epochs", 0)) or max(
-        (len(t.user_attrs.get("curve", [])) for t in trials), default=0)
-    s, title = pruning_savings(trials, epochs), "Compute saved by pruning"
+    budget = study.user_attrs.get("study_file", {}).get("budget", {})
+    epochs = int(budget.get("epochs", 0)) or max((len(t.user_attrs.get("curve", [])) for t in trials), default=0)
+    # a rung study counts image-epochs (its runs differ in size)
+    rungs = [(int(r["epochs"]), int(r["train_size"])) for r in budget.get("rungs", [])]
+    images = full_run_images(budget.get("train_size"), budget.get("val_size", 5_000))
+    s, title = pruning_savings(trials, epochs, rungs, images), "Compute saved by pruning"
+    unit = s["unit"]
     if not s["epochs_unpruned"]:
         return Section("pruning", title, None, "No trial has trained an epoch yet.")
-    shown = [t for t in sorted(trials, key=lambda t: t.number) if t.user_attrs.get("curve")]
-    ran = [len(t.user_attrs["curve"]) - int(t.user_attrs.get("resumed_at_epoch", 0)) for t in shown]
-    saved = [max(0, epochs - len(t.user_attrs["curve"])) if t.state == TrialState.PRUNED else 0 for t in shown]
-    fig = go.Figure([go.Bar(x=[t.number for t in shown], y=ran, name="epochs trained", marker_color="steelblue"),
-                     go.Bar(x=[t.number for t in shown], y=saved, name="epochs saved (pruned)",
+    costs = [(t.number, trial_compute(t, epochs, rungs, images)) for t in sorted(trials, key=lambda t: t.number)]
+    shown = [(n, c) for n, c in costs if c is not None]
+    fig = go.Figure([go.Bar(x=[n for n, _ in shown], y=[c[0] for _, c in shown], name=f"{unit} trained",
+                            marker_color="steelblue"),
+                     go.Bar(x=[n for n, _ in shown], y=[c[1] for _, c in shown], name=f"{unit} saved (pruned)",
                             marker_color="lightgray")])
-    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title="epochs")
-    return Section("pruning", title, fig, f"{s['pruned_trials']} pruned trial(s): {s['epochs_trained']} of "
-                   f"{s['epochs_unpruned']} epochs trained, {s['epochs_saved']} saved ({s['fraction_saved']:.0%}) "
-                   f"against running every trial to {epochs} epochs.")
+    fig.update_layout(barmode="stack", xaxis_title="trial", yaxis_title=unit)
+    budget_text = f"every rung and the full {epochs} epochs" if rungs else f"{epochs} epochs"
+    return Section("pruning", title, fig, f"{s['pruned_trials']} pruned trial(s): {s['epochs_trained']:,} of "
+                   f"{s['epochs_unpruned']:,} {unit} trained, {s['epochs_saved']:,} saved ({s['fraction_saved']:.0%}) "
+                   f"against running every trial to {budget_text}.")
 
 
 def strategy_section(study: optuna.Study, storage: optuna.storages.BaseStorage | str) -> Section | None:

@@ -413,8 +413,8 @@ def format_summary(s: dict[str, Any]) -> str:
     lines = [
         f"study {s['study']} ({s['storage']}): {trials['complete']} complete, {trials['pruned']} pruned "
         f"({s['rejected_before_training']} rejected before training), {trials['fail']} failed",
-        f"epochs run {s['epochs_run']} of {s['epochs_if_no_pruning']} without pruning: "
-        f"{s['epochs_saved_by_pruning']} saved",
+        f"{s.get('compute_unit', 'epochs')} run {s['epochs_run']:,} of {s['epochs_if_no_pruning']:,} without "
+        f"pruning: {s['epochs_saved_by_pruning']:,} saved",
     ]
     if s["wall_time_s"] is not None:
         mean = f", mean epoch {s['mean_epoch_s']:.1f}s" if s["mean_epoch_s"] is not None else ""

@@ -14,6 +14,8 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
+from hpo.definition.study_file import TRAIN_IMAGES
+
 # Studies written by benchmarks/search.py are named <benchmark>-<strategy>-s<seed>.
 BENCHMARK_NAME = re.compile(r"^(?P<benchmark>[A-Za-z0-9_.]+)-(?P<strategy>[A-Za-z0-9_.-]+)-s(?P<seed>\d+)$")
 
@@ -43,26 +45,53 @@ def compute_to_reach(rows: list[dict[str, Any]], target: float, unit: str = "epo
     return None
 
 
-def pruning_savings(trials: Iterable[FrozenTrial], budget_epochs: int) -> dict[str, int | float]:
+def pruning_savings(trials: Iterable[FrozenTrial], budget_epochs: int,
+                    rungs: Iterable[tuple[int, int]] = (), train_size: int | None = None) -> dict[str, Any]:
     """Epochs trained, and the epochs pruning saved: what each pruned trial's budget allowed beyond the epochs
     it ran. The one computation behind `hpo study summary` and `hpo report`.
 
     Trained = epochs run by this attempt: a re-run that resumed a dead attempt's checkpoint did not train the
     epochs it took from it (user_attr "resumed_at_epoch"); those count once, in the dead attempt. Only pruning
     saves: a killed or interrupted trial's missing epochs were never skipped by choice. Trials rejected before
-    training and trials still running are left out."""
+    training and trials still running are left out.
+
+    A rung study (`rungs`: (epochs, training images) of each complete short run before the full one of
+    `budget_epochs` on `train_size` images) counts in image-epochs instead (`unit`), as its runs differ in size:
+    a trial's budget is every rung plus the full run; a trial pruned at a rung saved what it did not run."""
+    rungs = list(rungs)
     trained = saved = pruned = 0
     for t in trials:
-        curve = t.user_attrs.get("curve", [])
-        if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or not curve:
+        cost = trial_compute(t, budget_epochs, rungs, train_size)
+        if cost is None:
             continue
-        trained += len(curve) - int(t.user_attrs.get("resumed_at_epoch", 0))
-        if t.state == TrialState.PRUNED:
-            saved += max(0, budget_epochs - len(curve))
-            pruned += 1
+        trained += cost[0]
+        saved += cost[1]
+        pruned += t.state == TrialState.PRUNED
     full = trained + saved
     return {"epochs_trained": trained, "epochs_unpruned": full, "epochs_saved": saved,
-            "fraction_saved": saved / full if full else 0.0, "pruned_trials": pruned}
+            "fraction_saved": saved / full if full else 0.0, "pruned_trials": pruned,
+            "unit": "image-epochs" if rungs else "epochs"}
+
+
+def full_run_images(train_size: int | None, val_size: int) -> int:
+    """Training images of a study's full run: its train_size, else every training image the validation split
+    leaves."""
+    return int(train_size) if train_size else TRAIN_IMAGES - int(val_size)
+
+
+def trial_compute(t: FrozenTrial, budget_epochs: int, rungs: list[tuple[int, int]] = (),
+                  train_size: int | None = None) -> tuple[int, int] | None:
+    """(trained, saved by pruning) of one finished trial, in pruning_savings' unit; None for a trial that
+    trained nothing (rejected before training) or has not finished."""
+    per_epoch = train_size if rungs and train_size else 1
+    curve, rows = t.user_attrs.get("curve", []), t.user_attrs.get("rungs", []) if rungs else []
+    if t.state not in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL) or not (curve or rows):
+        return None
+    in_rungs = sum(r["epochs"] * r["train_size"] for r in rows)
+    trained = in_rungs + (len(curve) - int(t.user_attrs.get("resumed_at_epoch", 0))) * per_epoch
+    budget = sum(e * n for e, n in rungs) + budget_epochs * per_epoch
+    saved = max(0, budget - in_rungs - len(curve) * per_epoch) if t.state == TrialState.PRUNED else 0
+    return trained, saved
 
 
 def study_record(trials: Iterable[FrozenTrial]) -> dict[str, Any]:
