@@ -34,7 +34,7 @@ def test_pruning_savings_and_compute_to_reach():
         t.number = n
     saved = pruning_savings(trials, 4)
     assert saved == {"epochs_trained": 10, "epochs_unpruned": 12, "epochs_saved": 2, "fraction_saved": 2 / 12,
-                     "pruned_trials": 1}
+                     "pruned_trials": 1, "unit": "epochs"}
     rows = anytime(trials)
     assert [r["cum_epochs"] for r in rows] == [4, 6, 10] and [r["best_so_far"] for r in rows] == [0.6, 0.6, 0.7]
     assert compute_to_reach(rows, 0.65) == 10 and compute_to_reach(rows, 0.9) is None
