@@ -23,13 +23,13 @@ from plotly.colors import qualitative
 
 from cifarnet.files import write_text_atomic
 from hpo.errors import HPOError
-from hpo.results.efficiency import (BENCHMARK_NAME, compare_strategies, full_run_images, pruning_savings,
-                                    study_record, trial_compute)
+from hpo.results.efficiency import (BENCHMARK_NAME, compare_strategies, pruning_savings, study_record,
+                                    trial_budget, trial_compute)
 from hpo.results.records import rerun_note, reruns
 from hpo.definition.paths import locate_study
 from hpo.results.retrain_records import describe_record, reference_retrain, retrain_records
 from hpo.storage import open_existing_storage
-from hpo.running.study import load_study, seed_baseline
+from hpo.running.study import load_spec, load_study, seed_baseline
 
 # PED-ANOVA (optuna-dashboard's own evaluator; no scikit-learn needed) contrasts the best trials with the rest;
 # with fewer complete trials than this the ranking is noise, so the page says so instead of drawing it.
@@ -255,11 +255,10 @@ def size_section(trials: list[FrozenTrial]) -> Section:
 
 def pruning_section(study: optuna.Study, trials: list[FrozenTrial]) -> Section:
     """Epochs trained and saved per trial."""
-    budget = study.user_attrs.get("study_file", {}).get("budget", {})
-    epochs = int(budget.get("epochs", 0)) or max((len(t.user_attrs.get("curve", [])) for t in trials), default=0)
-    # a rung study counts image-epochs (its runs differ in size)
-    rungs = [(int(r["epochs"]), int(r["train_size"])) for r in budget.get("rungs", [])]
-    images = full_run_images(budget.get("train_size"), budget.get("val_size", 5_000))
+    try:  # a rung study counts image-epochs (its runs differ in size)
+        epochs, rungs, images = trial_budget(load_spec(study))
+    except HPOError:  # a study of plain optuna: its longest curve is the budget
+        epochs, rungs, images = max((len(t.user_attrs.get("curve", [])) for t in trials), default=0), [], None
     s, title = pruning_savings(trials, epochs, rungs, images), "Compute saved by pruning"
     unit = s["unit"]
     if not s["epochs_unpruned"]:

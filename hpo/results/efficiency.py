@@ -14,7 +14,7 @@ from typing import Any, Iterable
 
 from optuna.trial import FrozenTrial, TrialState
 
-from hpo.definition.study_file import TRAIN_IMAGES
+from hpo.definition.study_file import TRAIN_IMAGES, StudySpec
 
 # Studies written by benchmarks/search.py are named <benchmark>-<strategy>-s<seed>.
 BENCHMARK_NAME = re.compile(r"^(?P<benchmark>[A-Za-z0-9_.]+)-(?P<strategy>[A-Za-z0-9_.-]+)-s(?P<seed>\d+)$")
@@ -73,10 +73,12 @@ def pruning_savings(trials: Iterable[FrozenTrial], budget_epochs: int,
             "unit": "image-epochs" if rungs else "epochs"}
 
 
-def full_run_images(train_size: int | None, val_size: int) -> int:
-    """Training images of a study's full run: its train_size, else every training image the validation split
-    leaves."""
-    return int(train_size) if train_size else TRAIN_IMAGES - int(val_size)
+def trial_budget(spec: StudySpec) -> tuple[int, list[tuple[int, int]], int]:
+    """A study's per-trial budget as pruning_savings and trial_compute take it: the full run's epochs, each
+    rung's (epochs, training images), and the full run's training images (its train_size, else every training
+    image the validation split leaves)."""
+    images = spec.data.train_size or TRAIN_IMAGES - spec.data.val_size
+    return spec.base.epochs, [(r.epochs, r.train_size) for r in spec.rungs], images
 
 
 def trial_compute(t: FrozenTrial, budget_epochs: int, rungs: list[tuple[int, int]] = (),

@@ -12,7 +12,7 @@ from typing import Any
 from optuna.trial import FrozenTrial, TrialState
 
 from cifarnet.hardware import now_iso
-from hpo.results.efficiency import full_run_images, pruning_savings
+from hpo.results.efficiency import pruning_savings, trial_budget
 from hpo.storage import display_url
 from hpo.running.study import load_spec, load_study, seed_baseline
 from hpo.results.records import best_completed, best_record, count_states
@@ -26,8 +26,7 @@ def summarize_study(storage_url: str, name: str) -> dict[str, Any]:
     epochs_budget = spec.base.epochs
     trained = [t for t in trials if t.user_attrs.get("curve") or t.user_attrs.get("rungs")]
     rejected = [t for t in trials if t.state == TrialState.PRUNED and t not in trained]
-    savings = pruning_savings(trials, epochs_budget, [(r.epochs, r.train_size) for r in spec.rungs],
-                              full_run_images(spec.data.train_size, spec.data.val_size))
+    savings = pruning_savings(trials, *trial_budget(spec))
     seconds = [s for t in trained for s in t.user_attrs.get("epoch_times", [])]
     best = best_completed(trials)
     started = min((t.datetime_start for t in trials if t.datetime_start), default=None)

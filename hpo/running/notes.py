@@ -78,11 +78,10 @@ def _why(trial: FrozenTrial, others: list[FrozenTrial]) -> str:
     if state == TrialState.FAIL:
         return f"**Failed:** {reason or 'no reason recorded'}"
     if state == TrialState.PRUNED and "pruned_at_rung" in attrs:
-        rung = (attrs.get("rungs") or [{}])[-1]
-        size = f" ({rung['epochs']} epochs on {rung['train_size']:,} images)" if "epochs" in rung else ""
-        value = rung.get("val_acc", float("nan"))
-        return (f"**Pruned** at rung {attrs['pruned_at_rung']}{size}: val_acc {value:.4f}; successive halving kept "
-                f"the better trials of that rung." + (f" Reason: {reason}." if reason else ""))
+        rung = attrs["rungs"][-1]  # the rung it was stopped after
+        return (f"**Pruned** at rung {attrs['pruned_at_rung']} ({rung['epochs']} epochs on {rung['train_size']:,} "
+                f"images): val_acc {rung['val_acc']:.4f}; successive halving kept the better trials of that rung."
+                + (f" Reason: {reason}." if reason else ""))
     if state == TrialState.PRUNED and "pruned_at_epoch" not in attrs:
         return f"**Pruned before training:** {reason or 'no reason recorded'}"
     if state == TrialState.PRUNED:
